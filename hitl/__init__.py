@@ -1,0 +1,5 @@
+"""Pure rules of the HITL Approval Gateway, shared by workflows, activities and the API.
+
+Nothing in this package performs I/O: it holds models, lifecycle transitions, row hashing,
+slippage arithmetic, error codes and settings.
+"""

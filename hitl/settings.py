@@ -1,0 +1,102 @@
+"""Settings read from the environment, in groups, built once by a cached ``get_settings()``.
+
+A missing or invalid value refuses to start with SEC-040 naming the variable.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hitl.errors import ConfigurationError
+
+
+class HITLSettings(BaseSettings):
+    """The approval rules (``HITL_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore")
+
+    enabled: bool = True
+    timeout_seconds: Annotated[int, Field(gt=0)] = 300
+    slippage_max_percent: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=8)] = (
+        Decimal("0.5")
+    )
+    allowed_operators: Annotated[frozenset[str], NoDecode]
+    data_dir: Path = Path("data")
+
+    @field_validator("allowed_operators", mode="before")
+    @classmethod
+    def _split_operators(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not value:
+            raise ValueError("must name at least one operator")
+        return value
+
+
+class DatabaseSettings(BaseSettings):
+    """Where approvals are stored (``DATABASE_URL``); empty means the embedded SQLite file."""
+
+    model_config = SettingsConfigDict(env_prefix="DATABASE_", extra="ignore")
+
+    url: str = ""
+
+
+class TemporalSettings(BaseSettings):
+    """How to reach Temporal (``TEMPORAL_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TEMPORAL_", extra="ignore")
+
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "hitl-approvals"
+
+
+class Settings(BaseModel):
+    """All settings of one gateway process."""
+
+    hitl: HITLSettings
+    database: DatabaseSettings
+    temporal: TemporalSettings
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL; the embedded default is an SQLite file in the data folder."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.hitl.data_dir / 'hitl.db').resolve()}"
+
+
+GroupT = TypeVar("GroupT", bound=BaseSettings)
+
+
+def _load(group: type[GroupT]) -> GroupT:
+    try:
+        return group()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        prefix = str(group.model_config.get("env_prefix", ""))
+        variable = f"{prefix}{field}".upper()
+        problem = "is required" if error["type"] == "missing" else f"is invalid: {error['msg']}"
+        raise ConfigurationError(variable, problem) from None
+
+
+def load_settings() -> Settings:
+    """Read every group from the environment now; raises ConfigurationError (SEC-040)."""
+    return Settings(
+        hitl=_load(HITLSettings),
+        database=_load(DatabaseSettings),
+        temporal=_load(TemporalSettings),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once; tests call ``get_settings.cache_clear()`` to re-read."""
+    return load_settings()

@@ -1,0 +1,174 @@
+"""The relational schema, SQLAlchemy 2 style; Alembic migrations in ``migrations/`` create it.
+
+Approval and audit rows are never deleted: nothing here offers a delete path, and the database
+refuses one (triggers created by the migrations).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hitl.db import Decimal8, UtcDateTime
+from hitl.models import DecisionChannel, Side, TradeStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, PostgreSQL wants BIGINT identities.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _in(column: str, values: Any) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention every constraint follows."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApprovalRow(Base):
+    """One approval per trade: the proposal, its decision, its lifecycle state and row hash."""
+
+    __tablename__ = "hitl_approvals"
+    __table_args__ = (
+        CheckConstraint(_in("status", TradeStatus), name="status"),
+        CheckConstraint(_in("side", Side), name="side"),
+        CheckConstraint(
+            f"decision_channel IS NULL OR {_in('decision_channel', DecisionChannel)}",
+            name="decision_channel",
+        ),
+        Index(
+            "idx_hitl_pending",
+            "expires_at",
+            postgresql_where=text("status = 'AWAITING_APPROVAL'"),
+            sqlite_where=text("status = 'AWAITING_APPROVAL'"),
+        ),
+        Index("idx_hitl_correlation", "correlation_id"),
+        Index("idx_hitl_trade", "trade_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    trade_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    instrument: Mapped[str] = mapped_column(String(64))
+    side: Mapped[str] = mapped_column(String(4))
+    risk_pct: Mapped[Decimal] = mapped_column(Decimal8)
+    confidence: Mapped[Decimal] = mapped_column(Decimal8)
+    request_price: Mapped[Decimal] = mapped_column(Decimal8)
+    reasoning_summary: Mapped[str] = mapped_column(Text)
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decision_channel: Mapped[str | None] = mapped_column(String(16))
+    decision_reason: Mapped[str | None] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(Text)
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class PostTradeSnapshotRow(Base):
+    """Market context captured right after acceptance; one per approval."""
+
+    __tablename__ = "post_trade_snapshots"
+    __table_args__ = (
+        Index("idx_snapshot_approval", "approval_id", unique=True),
+        Index("idx_snapshot_correlation", "correlation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    approval_id: Mapped[int] = mapped_column(BigId, ForeignKey("hitl_approvals.id"))
+    bid: Mapped[Decimal] = mapped_column(Decimal8)
+    ask: Mapped[Decimal] = mapped_column(Decimal8)
+    spread: Mapped[Decimal] = mapped_column(Decimal8)
+    mid_price: Mapped[Decimal] = mapped_column(Decimal8)
+    response_latency_ms: Mapped[Decimal] = mapped_column(Decimal8)
+    price_deviation_pct: Mapped[Decimal] = mapped_column(Decimal8)
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AuditRow(Base):
+    """Append-only audit trail; ``idempotency_key`` makes a retried activity write one entry."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("idx_audit_correlation", "correlation_id"),
+        Index("idx_audit_target", "target_type", "target_id"),
+        Index("idx_audit_action", "action"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    actor_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(128))
+    previous_state: Mapped[str | None] = mapped_column(String(32))
+    new_state: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+
+
+class DeepLinkTokenRow(Base):
+    """One-time deep links; ``token`` holds the SHA-256 of the token, never the token."""
+
+    __tablename__ = "deep_link_tokens"
+    __table_args__ = (
+        Index(
+            "idx_deep_link_unused",
+            "trade_id",
+            postgresql_where=text("used_at IS NULL"),
+            sqlite_where=text("used_at IS NULL"),
+        ),
+    )
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    trade_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class EventRow(Base):
+    """The events outbox: written in the transaction of the change it describes; ``id`` is the
+    stream cursor."""
+
+    __tablename__ = "hitl_events"
+    __table_args__ = (Index("idx_events_trade", "trade_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    trade_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)

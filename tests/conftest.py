@@ -1,0 +1,93 @@
+"""Shared fixtures: real databases (PostgreSQL and the embedded SQLite), migrated to head."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hitl.db import create_engine
+from hitl.settings import get_settings
+from migrations.runner import upgrade_to_head
+
+POSTGRES_URL = os.environ.get(
+    "HITL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+"""The one variable naming the PostgreSQL server the tests use."""
+
+os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """Every test reads settings anew, after its own monkeypatching of the environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_postgres_database() -> str:
+    """A new, empty PostgreSQL database on the test server; returns its SQLAlchemy URL."""
+    name = f"hitl_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(url: str) -> None:
+    """Drop a database made by ``create_postgres_database``."""
+    name = make_url(url).database
+    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def empty_postgres_url() -> AsyncIterator[str]:
+    """An empty PostgreSQL database, dropped after the test."""
+    url = await create_postgres_database()
+    yield url
+    await drop_postgres_database(url)
+
+
+@pytest.fixture
+def empty_sqlite_url(tmp_path: Path) -> str:
+    """An empty embedded SQLite database file."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of each kind, migrated to head."""
+    if request.param == "postgresql":
+        url = await create_postgres_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
+    await asyncio.to_thread(upgrade_to_head, url)
+    yield url
+    if request.param == "postgresql":
+        await drop_postgres_database(url)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``database_url``, disposed after the test."""
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
