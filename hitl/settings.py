@@ -57,12 +57,22 @@ class TemporalSettings(BaseSettings):
     task_queue: str = "hitl-approvals"
 
 
+class MarketDataSettings(BaseSettings):
+    """Where current prices come from (``MARKET_DATA_*``); no URL means the simulated market."""
+
+    model_config = SettingsConfigDict(env_prefix="MARKET_DATA_", extra="ignore")
+
+    url: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
 class Settings(BaseModel):
     """All settings of one gateway process."""
 
     hitl: HITLSettings
     database: DatabaseSettings
     temporal: TemporalSettings
+    market_data: MarketDataSettings
 
     @property
     def database_url(self) -> str:
@@ -93,6 +103,7 @@ def load_settings() -> Settings:
         hitl=_load(HITLSettings),
         database=_load(DatabaseSettings),
         temporal=_load(TemporalSettings),
+        market_data=_load(MarketDataSettings),
     )
 
 
