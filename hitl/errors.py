@@ -67,9 +67,7 @@ class ErrorCode(Enum):
 class HITLError(Exception):
     """A failure that carries one of the catalogue's codes and optional structured details."""
 
-    def __init__(
-        self, error: ErrorCode, message: str | None = None, **details: Any
-    ) -> None:
+    def __init__(self, error: ErrorCode, message: str | None = None, **details: Any) -> None:
         self.error = error
         self.message = message or error.message
         self.details = details

@@ -23,9 +23,7 @@ TERMINAL_STATES: frozenset[TradeStatus] = frozenset(
 )
 
 
-def validate_transition(
-    current: TradeStatus, target: TradeStatus
-) -> tuple[bool, str | None]:
+def validate_transition(current: TradeStatus, target: TradeStatus) -> tuple[bool, str | None]:
     """Whether ``current`` may move to ``target``: ``(True, None)`` or ``(False, "SEC-030")``."""
     if target in VALID_TRANSITIONS[current]:
         return True, None

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl.errors import ConfigurationError
+from hitl.messages import ApprovalPolicy
 
 
 class HITLSettings(BaseSettings):
@@ -66,13 +67,32 @@ class MarketDataSettings(BaseSettings):
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
+class WorkerSettings(BaseSettings):
+    """The Temporal worker process (``HITL_WORKER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_WORKER_", extra="ignore")
+
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    max_cached_workflows: Annotated[int, Field(ge=0)] = 1000
+
+
 class Settings(BaseModel):
     """All settings of one gateway process."""
+
+    def policy(self) -> ApprovalPolicy:
+        """The approval policy new workflows start with."""
+        return ApprovalPolicy(
+            enabled=self.hitl.enabled,
+            timeout_seconds=self.hitl.timeout_seconds,
+            slippage_max_percent=self.hitl.slippage_max_percent,
+            allowed_operators=self.hitl.allowed_operators,
+        )
 
     hitl: HITLSettings
     database: DatabaseSettings
     temporal: TemporalSettings
     market_data: MarketDataSettings
+    worker: WorkerSettings
 
     @property
     def database_url(self) -> str:
@@ -104,6 +124,7 @@ def load_settings() -> Settings:
         database=_load(DatabaseSettings),
         temporal=_load(TemporalSettings),
         market_data=_load(MarketDataSettings),
+        worker=_load(WorkerSettings),
     )
 
 

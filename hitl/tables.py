@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hitl.db import Decimal8, UtcDateTime
-from hitl.models import DecisionChannel, Side, TradeStatus
+from hitl.models import ApprovalRequest, DecisionChannel, Side, TradeStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -172,3 +173,20 @@ class EventRow(Base):
     correlation_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+def approval_from_row(row: ApprovalRow) -> ApprovalRequest:
+    """The domain record a stored row holds (raises ``pydantic.ValidationError`` if the row
+    holds values no record could have, which callers treat as an integrity failure)."""
+    return ApprovalRequest.model_validate(
+        {name: getattr(row, name) for name in ApprovalRequest.model_fields}
+    )
+
+
+def approval_to_row_values(approval: ApprovalRequest) -> dict[str, Any]:
+    """Column values for ``approval``; enums as their string values."""
+    values: dict[str, Any] = {}
+    for name in ApprovalRequest.model_fields:
+        value = getattr(approval, name)
+        values[name] = value.value if isinstance(value, Enum) else value
+    return values

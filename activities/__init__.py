@@ -1,0 +1,1 @@
+"""Temporal activities: all of the gateway's I/O, one module per concern."""

@@ -1,0 +1,101 @@
+"""Telling operators: a notifier interface, the console notifier, and the activities using it.
+
+The console notifier is the embedded default (no Discord token); Discord's notifier implements
+the same interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+from temporalio import activity
+
+from hitl.messages import NotifyInput, SecurityAlertInput
+from hitl.models import ApprovalRequest
+
+log = structlog.get_logger(__name__)
+
+
+class Notifier(Protocol):
+    """Where operators hear about approvals."""
+
+    async def approval_requested(self, approval: ApprovalRequest) -> None:
+        """A new approval awaits a decision."""
+
+    async def approval_expired(self, approval: ApprovalRequest) -> None:
+        """An approval timed out and was rejected."""
+
+    async def security_alert(self, alert: SecurityAlertInput) -> None:
+        """Something failed an integrity check."""
+
+
+class ConsoleNotifier:
+    """Writes notifications to the structured log: the notifier when Discord is not set up."""
+
+    async def approval_requested(self, approval: ApprovalRequest) -> None:
+        """Log the new approval with everything an operator needs to decide."""
+        log.info(
+            "approval awaiting decision",
+            correlation_id=approval.correlation_id,
+            actor="system",
+            action="notify.approval_requested",
+            result="sent",
+            trade_id=str(approval.trade_id),
+            instrument=approval.instrument,
+            side=approval.side.value,
+            risk_pct=str(approval.risk_pct),
+            confidence=str(approval.confidence),
+            request_price=str(approval.request_price),
+            expires_at=approval.expires_at.isoformat(),
+            reasoning_summary=approval.reasoning_summary,
+        )
+
+    async def approval_expired(self, approval: ApprovalRequest) -> None:
+        """Log the timeout with the trade's details."""
+        log.warning(
+            "approval expired without a decision",
+            correlation_id=approval.correlation_id,
+            actor="system",
+            action="notify.approval_expired",
+            result="sent",
+            trade_id=str(approval.trade_id),
+            instrument=approval.instrument,
+            side=approval.side.value,
+            decision_reason=approval.decision_reason,
+        )
+
+    async def security_alert(self, alert: SecurityAlertInput) -> None:
+        """Log the alert at CRITICAL."""
+        log.critical(
+            "security alert",
+            correlation_id=alert.correlation_id,
+            actor="system",
+            action="notify.security_alert",
+            result="sent",
+            error_code=alert.error_code,
+            trade_id=str(alert.trade_id),
+            detail=alert.message,
+        )
+
+
+class NotificationActivities:
+    """Notification activities; built in ``worker.py`` with the configured notifier."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    @activity.defn(name="notify_approval_requested")
+    async def notify_approval_requested(self, data: NotifyInput) -> None:
+        """Tell operators a new approval awaits them."""
+        await self._notifier.approval_requested(data.approval)
+
+    @activity.defn(name="notify_approval_expired")
+    async def notify_approval_expired(self, data: NotifyInput) -> None:
+        """Tell operators an approval timed out."""
+        await self._notifier.approval_expired(data.approval)
+
+    @activity.defn(name="notify_security_alert")
+    async def notify_security_alert(self, data: SecurityAlertInput) -> None:
+        """Raise a security alert."""
+        await self._notifier.security_alert(data)

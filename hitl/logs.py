@@ -1,0 +1,50 @@
+"""Structured JSON logging for every process: one JSON object per line, on stderr."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+REQUIRED_KEYS = ("correlation_id", "actor", "action", "result")
+"""Keys every gateway log line carries; a line missing one gets ``"-"``."""
+
+
+def _ensure_required_keys(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key in REQUIRED_KEYS:
+        event_dict.setdefault(key, "-")
+    return event_dict
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Route structlog and the standard library (Temporal, uvicorn) through one JSON renderer."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _ensure_required_keys,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

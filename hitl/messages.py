@@ -1,0 +1,169 @@
+"""The typed messages between the API, the approval workflow and its activities.
+
+One input model per workflow, update and activity, so fields can be added later without breaking
+running histories. They live apart from the workflow module so that the workflow sandbox does not
+re-import them for every run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hitl.market import MarketQuote
+from hitl.models import (
+    ApprovalRequest,
+    DecisionChannel,
+    FreeText,
+    PrincipalId,
+    TradeProposal,
+    TradeStatus,
+    UtcDatetime,
+)
+
+SYSTEM_ACTOR = "system"
+"""The actor named for decisions and writes the gateway makes itself."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ApprovalPolicy(_Message):
+    """The rules in force when the request was made, fixed for the workflow's whole life."""
+
+    enabled: bool = True
+    timeout_seconds: Annotated[int, Field(gt=0)] = 300
+    slippage_max_percent: Annotated[Decimal, Field(ge=0)] = Decimal("0.5")
+    allowed_operators: frozenset[str]
+
+
+class ApprovalWorkflowInput(_Message):
+    """What starts an approval: the bot's proposal, who proposed it, and the policy."""
+
+    proposal: TradeProposal
+    requested_by: PrincipalId
+    policy: ApprovalPolicy
+
+
+def workflow_id_for(trade_id: UUID) -> str:
+    """The one workflow id of a trade's approval, so a second start for it is refused."""
+    return f"approval-{trade_id}"
+
+
+class DecisionCommand(_Message):
+    """An operator's approve or reject, as sent in the workflow Update."""
+
+    operator_id: PrincipalId
+    channel: DecisionChannel
+    comment: FreeText | None = None
+    correlation_id: str
+
+
+class LifecycleCommand(_Message):
+    """The bot reporting the trade's progress after acceptance (FILLED, CLOSED, SETTLED)."""
+
+    target: TradeStatus
+    reported_by: PrincipalId
+    correlation_id: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    """Fill data and the like, as the bot has it; recorded in the audit trail and event."""
+
+
+class RecordRequestInput(_Message):
+    """Persist a new approval awaiting a decision."""
+
+    approval: ApprovalRequest
+    requested_by: PrincipalId
+
+
+class RecordDecisionInput(_Message):
+    """Persist the end of the approval phase, after checking the stored row is the one
+    the workflow wrote (``expected``)."""
+
+    expected: ApprovalRequest
+    decided: ApprovalRequest
+    event_type: str
+    audit_payload: dict[str, Any] = Field(default_factory=dict)
+    error_code: str | None = None
+
+
+class DecisionRecorded(_Message):
+    """What was stored; ``integrity_failure`` when the stored row had been tampered with and the
+    approval was rejected with INTEGRITY_FAILURE instead."""
+
+    approval: ApprovalRequest
+    integrity_failure: bool = False
+
+
+class RecordTransitionInput(_Message):
+    """Persist one lifecycle step after acceptance."""
+
+    expected: ApprovalRequest
+    target: TradeStatus
+    actor: PrincipalId
+    correlation_id: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordAuditInput(_Message):
+    """A standalone audit entry, for refusals that change nothing else."""
+
+    actor_id: PrincipalId
+    action: str
+    trade_id: UUID
+    correlation_id: str
+    previous_state: TradeStatus | None = None
+    new_state: TradeStatus | None = None
+    error_code: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+
+
+class FetchQuoteInput(_Message):
+    """Ask the market for the current top of book."""
+
+    instrument: str
+    correlation_id: str
+
+
+class RecordSnapshotInput(_Message):
+    """Persist the post-trade snapshot of an accepted approval."""
+
+    approval: ApprovalRequest
+    quote: MarketQuote
+
+
+class PostTradeSnapshot(_Message):
+    """The market context right after acceptance (the plan's Property 13)."""
+
+    trade_id: UUID
+    bid: Decimal
+    ask: Decimal
+    spread: Decimal
+    mid_price: Decimal
+    response_latency_ms: Decimal
+    price_deviation_pct: Decimal
+    correlation_id: str
+    created_at: UtcDatetime
+
+
+class NotifyInput(_Message):
+    """Tell the operators about an approval (requested, expired, decided)."""
+
+    approval: ApprovalRequest
+    event: str
+
+
+class SecurityAlertInput(_Message):
+    """Raise a security alert (integrity failure) to the operators."""
+
+    trade_id: UUID
+    error_code: str
+    message: str
+    correlation_id: str
+    detected_at: datetime

@@ -1,0 +1,20 @@
+"""Prometheus metrics, named as the plan's section 17.2 names them. Defined once here; the worker
+and the API each expose their own process's values on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("hitl_requests_total", "Approval requests recorded.")
+APPROVALS = Counter("hitl_approvals_total", "Approvals that ended ACCEPTED.")
+REJECTIONS = Counter(
+    "hitl_rejections_total", "Approvals that ended REJECTED, by decision reason.", ["reason"]
+)
+RESPONSE_LATENCY = Histogram(
+    "hitl_response_latency_seconds",
+    "Time from request to a human decision.",
+    buckets=(1, 5, 10, 30, 60, 120, 180, 240, 300, 600, 1800, 3600),
+)
+BLOCKED_BY_GUARDIAN = Counter(
+    "blocked_by_guardian_total", "Operations refused or rejected because the Guardian was locked."
+)

@@ -1,0 +1,1 @@
+"""Tests of the HITL Approval Gateway."""

