@@ -1,0 +1,1 @@
+"""Alembic migrations for the schema in ``hitl.tables``; ``migrations.runner`` applies them."""
