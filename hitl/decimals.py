@@ -16,4 +16,6 @@ def quantize8(value: Decimal) -> Decimal:
 
 def canonical_decimal(value: Decimal) -> str:
     """Render ``value`` with exactly 8 places, so equal amounts always print alike."""
-    return format(quantize8(value), "f")
+    quantized = quantize8(value)
+    # -0 and 0 are one amount, and PostgreSQL NUMERIC hands negative zero back as 0.
+    return format(quantized.copy_abs() if quantized.is_zero() else quantized, "f")

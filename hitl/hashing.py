@@ -39,7 +39,8 @@ class RowHasher:
     The canonical form is JSON with sorted keys and no spaces; decimals rendered with exactly 8
     places, datetimes as ISO-8601 UTC with microseconds, UUIDs and enums as strings; the
     ``row_hash`` field itself is excluded. The same record therefore hashes alike whichever
-    process or database it passed through.
+    process or database it passed through. Pass models or mappings of Python values (not the
+    JSON-shaped dict of ``to_dict()``, whose decimals are already strings).
     """
 
     @staticmethod
@@ -65,4 +66,5 @@ class RowHasher:
             )
         if not stored_hash:
             return False
-        return hmac.compare_digest(stored_hash, cls.compute(record))
+        # Bytes: compare_digest raises TypeError on a non-ASCII str (a tampered column).
+        return hmac.compare_digest(stored_hash.encode("utf-8"), cls.compute(record).encode("ascii"))

@@ -86,6 +86,9 @@ Instrument = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 PrincipalId = Annotated[str, Field(min_length=1, max_length=128)]
 """The identity of an operator, a bot or the system."""
 
+CorrelationId = Annotated[str, Field(min_length=1, max_length=128)]
+"""The identifier tying a trade's logs, audit rows and events together (VARCHAR(128))."""
+
 FreeText = Annotated[str, Field(max_length=2000)]
 """A human-written comment or reason."""
 
@@ -104,7 +107,7 @@ class TradeProposal(_Frozen):
     confidence: Confidence
     request_price: Price
     reasoning_summary: FreeText
-    correlation_id: Annotated[str, Field(min_length=1, max_length=128)]
+    correlation_id: CorrelationId
 
 
 class ApprovalRequest(_Frozen):
@@ -117,7 +120,7 @@ class ApprovalRequest(_Frozen):
     confidence: Confidence
     request_price: Price
     reasoning_summary: FreeText
-    correlation_id: str
+    correlation_id: CorrelationId
     status: TradeStatus
     requested_at: UtcDatetime
     expires_at: UtcDatetime
@@ -164,4 +167,4 @@ class ApprovalDecision(_Frozen):
     channel: DecisionChannel
     comment: FreeText | None = None
     """The operator's words: an approval's comment or a rejection's reason."""
-    correlation_id: str
+    correlation_id: CorrelationId

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from hitl.decimals import quantize8
 
@@ -12,7 +12,11 @@ def deviation_pct(current: Decimal, reference: Decimal) -> Decimal:
     """``|current - reference| / reference * 100``, rounded half-even to 8 places."""
     if reference <= 0:
         raise ValueError("reference price must be positive")
-    return quantize8(abs(current - reference) / reference * 100)
+    # Enough digits that the quantize is the only rounding: at the default 28 the division
+    # can land exactly on a half-way point and round the wrong way.
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return quantize8(abs(current - reference) * 100 / reference)
 
 
 class SlippageGuard:

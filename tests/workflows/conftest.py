@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.market_data import SimulatedMarketData
+from activities.market_data import MarketDataProvider, SimulatedMarketData
 from hitl.db import create_engine, session_factory
 from hitl.messages import ApprovalPolicy, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
@@ -148,6 +148,7 @@ async def start_gateway(
     sessions: async_sessionmaker[AsyncSession],
     *,
     max_cached_workflows: int = 100,
+    provider: MarketDataProvider | None = None,
     **policy: Any,
 ) -> Gateway:
     """A gateway on ``env`` with a fresh task queue (the worker is not started)."""
@@ -157,7 +158,9 @@ async def start_gateway(
     worker = build_worker(
         env.client,
         task_queue=task_queue,
-        activities=activities_for(sessions=sessions, provider=market, notifier=notifier),
+        activities=activities_for(
+            sessions=sessions, provider=provider or market, notifier=notifier
+        ),
         max_cached_workflows=max_cached_workflows,
     )
     return Gateway(

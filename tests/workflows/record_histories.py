@@ -1,0 +1,82 @@
+"""Records the JSON histories the replay tests run over.
+
+Run again only on purpose, when a workflow change is meant to be incompatible with running
+approvals (and then with a versioning plan): ``python -m tests.workflows.record_histories``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from hitl.db import create_engine, session_factory
+from hitl.messages import DecisionCommand, LifecycleCommand
+from hitl.models import DecisionChannel, TradeStatus
+from migrations.runner import upgrade_to_head
+from tests.workflows.conftest import BIN, make_proposal, start_gateway
+from workflows.approval import ApprovalWorkflow
+
+HISTORY_DIR = Path(__file__).parent / "histories"
+
+
+async def _record() -> None:
+    os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite+aiosqlite:///{folder}/hitl.db"
+        await asyncio.to_thread(upgrade_to_head, url)
+        engine = create_engine(url)
+        gw = await start_gateway(env, session_factory(engine))
+        decide = DecisionCommand(
+            operator_id="alice", channel=DecisionChannel.API, comment="ok", correlation_id="c"
+        )
+        async with gw.worker:
+            paths: dict[str, str] = {}
+            # approve, then the whole lifecycle
+            proposal = make_proposal(gw.market)
+            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            await handle.approve(decide)
+            for target in (TradeStatus.FILLED, TradeStatus.CLOSED, TradeStatus.SETTLED):
+                await handle.advance(
+                    LifecycleCommand(target=target, reported_by="bot", correlation_id="c")
+                )
+            paths["approve"] = handle.workflow_id
+            # reject
+            proposal = make_proposal(gw.market, "BTC-USD")
+            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            await handle.reject(decide)
+            paths["reject"] = handle.workflow_id
+            # slippage
+            proposal = make_proposal(gw.market, "ETH-USD")
+            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            gw.market.set_price("ETH-USD", proposal.request_price * Decimal("1.02"))
+            try:
+                await handle.approve(decide)
+            except Exception:  # noqa: S110 - SEC-050 is the expected outcome here
+                pass
+            paths["slippage"] = handle.workflow_id
+            # expire
+            proposal = make_proposal(gw.market, "SOL-USD")
+            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            await env.sleep(gw.policy.timeout_seconds + 10)
+            paths["expire"] = handle.workflow_id
+            for name, workflow_id in paths.items():
+                wf = env.client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id)
+                await wf.result()
+                history = await wf.fetch_history()
+                (HISTORY_DIR / f"{name}.json").write_text(history.to_json())
+        await engine.dispose()
+    await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(_record())

@@ -1,0 +1,31 @@
+"""Replays committed histories of the approve, reject, slippage and expire paths, so that a
+change that would break running approvals fails CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.approval import ApprovalWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_every_path_has_a_history() -> None:
+    assert {p.stem for p in HISTORIES} >= {"approve", "reject", "slippage", "expire"}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_history_replays_without_nondeterminism(path: Path) -> None:
+    text = path.read_text()
+    workflow_id = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"].get(
+        "workflowId", path.stem
+    )
+    replayer = Replayer(workflows=[ApprovalWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, text))
+    assert result.replay_failure is None
