@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl.errors import ConfigurationError
@@ -56,6 +56,8 @@ class TemporalSettings(BaseSettings):
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     task_queue: str = "hitl-approvals"
+    ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
+    """The Web UI port of the embedded dev server started by ``make run``."""
 
 
 class MarketDataSettings(BaseSettings):
@@ -76,6 +78,21 @@ class WorkerSettings(BaseSettings):
     max_cached_workflows: Annotated[int, Field(ge=0)] = 1000
 
 
+class ApiSettings(BaseSettings):
+    """The HTTP API process (``HITL_API_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_API_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    tokens: SecretStr = SecretStr("")
+    """Development and test tokens: ``principal:role:token`` entries, comma-separated."""
+    decision_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    """How long a decision may take before the API answers 503 (and the decision lapses)."""
+    rate_limit: str = "10/second;120/minute"
+    """Per-principal request limit, in the ``limits`` library's notation."""
+
+
 class Settings(BaseModel):
     """All settings of one gateway process."""
 
@@ -93,6 +110,7 @@ class Settings(BaseModel):
     temporal: TemporalSettings
     market_data: MarketDataSettings
     worker: WorkerSettings
+    api: ApiSettings
 
     @property
     def database_url(self) -> str:
@@ -125,6 +143,7 @@ def load_settings() -> Settings:
         temporal=_load(TemporalSettings),
         market_data=_load(MarketDataSettings),
         worker=_load(WorkerSettings),
+        api=_load(ApiSettings),
     )
 
 

@@ -141,8 +141,6 @@ def make_proposal(market: SimulatedMarketData, instrument: str = "EUR/USD") -> T
     )
 
 
-
-
 async def start_gateway(
     env: WorkflowEnvironment,
     sessions: async_sessionmaker[AsyncSession],
@@ -207,5 +205,3 @@ async def wait_until(
 def utcnow() -> datetime:
     """The wall clock, UTC."""
     return datetime.now(UTC)
-
-

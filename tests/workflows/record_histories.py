@@ -7,6 +7,7 @@ approvals (and then with a versioning plan): ``python -m tests.workflows.record_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from decimal import Decimal
@@ -16,6 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from hitl.db import create_engine, session_factory
+from hitl.errors import HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import DecisionChannel, TradeStatus
 from migrations.runner import upgrade_to_head
@@ -43,7 +45,9 @@ async def _record() -> None:
             paths: dict[str, str] = {}
             # approve, then the whole lifecycle
             proposal = make_proposal(gw.market)
-            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            handle = await gw.client.request_approval(
+                proposal, requested_by="bot", policy=gw.policy
+            )
             await handle.approve(decide)
             for target in (TradeStatus.FILLED, TradeStatus.CLOSED, TradeStatus.SETTLED):
                 await handle.advance(
@@ -52,21 +56,25 @@ async def _record() -> None:
             paths["approve"] = handle.workflow_id
             # reject
             proposal = make_proposal(gw.market, "BTC-USD")
-            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            handle = await gw.client.request_approval(
+                proposal, requested_by="bot", policy=gw.policy
+            )
             await handle.reject(decide)
             paths["reject"] = handle.workflow_id
             # slippage
             proposal = make_proposal(gw.market, "ETH-USD")
-            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            handle = await gw.client.request_approval(
+                proposal, requested_by="bot", policy=gw.policy
+            )
             gw.market.set_price("ETH-USD", proposal.request_price * Decimal("1.02"))
-            try:
+            with contextlib.suppress(HITLError):  # SEC-050 is the expected outcome here
                 await handle.approve(decide)
-            except Exception:  # noqa: S110 - SEC-050 is the expected outcome here
-                pass
             paths["slippage"] = handle.workflow_id
             # expire
             proposal = make_proposal(gw.market, "SOL-USD")
-            handle = await gw.client.request_approval(proposal, requested_by="bot", policy=gw.policy)
+            handle = await gw.client.request_approval(
+                proposal, requested_by="bot", policy=gw.policy
+            )
             await env.sleep(gw.policy.timeout_seconds + 10)
             paths["expire"] = handle.workflow_id
             for name, workflow_id in paths.items():

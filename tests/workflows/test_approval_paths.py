@@ -19,7 +19,11 @@ from hitl.tables import ApprovalRow, AuditRow, EventRow, PostTradeSnapshotRow, a
 from tests.workflows.conftest import Gateway, make_proposal, wait_until
 
 
-def command(operator: str = "alice", channel: DecisionChannel = DecisionChannel.API, comment: str | None = None) -> DecisionCommand:
+def command(
+    operator: str = "alice",
+    channel: DecisionChannel = DecisionChannel.API,
+    comment: str | None = None,
+) -> DecisionCommand:
     return DecisionCommand(
         operator_id=operator, channel=channel, comment=comment, correlation_id="corr-decision"
     )
@@ -98,13 +102,20 @@ async def test_approve_ends_accepted_with_snapshot_and_lifecycle_to_settled(
     async def snapshot_count() -> int:
         async with gateway.sessions() as session:
             return int(
-                (await session.execute(select(func.count()).select_from(PostTradeSnapshotRow))).scalar_one()
+                (
+                    await session.execute(select(func.count()).select_from(PostTradeSnapshotRow))
+                ).scalar_one()
             )
 
     await wait_until(lambda: snapshot_count())
     for target in (TradeStatus.FILLED, TradeStatus.CLOSED, TradeStatus.SETTLED):
         moved = await handle.advance(
-            LifecycleCommand(target=target, reported_by="bot-1", correlation_id="c", details={"fill_price": "1.1"})
+            LifecycleCommand(
+                target=target,
+                reported_by="bot-1",
+                correlation_id="c",
+                details={"fill_price": "1.1"},
+            )
         )
         assert moved.status is target
     settled = await gateway.env.client.get_workflow_handle(
@@ -129,7 +140,9 @@ async def test_approve_ends_accepted_with_snapshot_and_lifecycle_to_settled(
 
 async def test_reject_ends_rejected_with_operator_reason(gateway: Gateway) -> None:
     trade_id, _ = await requested(gateway)
-    final = await gateway.client.approval(trade_id).reject(command("bob", DecisionChannel.WEB, "too risky"))
+    final = await gateway.client.approval(trade_id).reject(
+        command("bob", DecisionChannel.WEB, "too risky")
+    )
     assert final.status is TradeStatus.REJECTED
     assert final.decision_reason is DecisionReason.OPERATOR_REJECTED
     assert final.comment == "too risky"

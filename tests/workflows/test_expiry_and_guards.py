@@ -147,7 +147,9 @@ async def test_invalid_lifecycle_report_is_refused_with_sec_030_and_audited(
             LifecycleCommand(target=TradeStatus.SETTLED, reported_by="bot-1", correlation_id="c")
         )
     assert skipped.value.error is ErrorCode.INVALID_TRANSITION
-    refusals = [a for a in await audits(gateway, trade_id) if a.action == "trade.transition_refused"]
+    refusals = [
+        a for a in await audits(gateway, trade_id) if a.action == "trade.transition_refused"
+    ]
     assert [(a.previous_state, a.new_state, a.error_code) for a in refusals] == [
         ("AWAITING_APPROVAL", "FILLED", "SEC-030"),
         ("ACCEPTED", "SETTLED", "SEC-030"),

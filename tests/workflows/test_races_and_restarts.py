@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import uuid
-from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.market_data import SimulatedMarketData
+from activities.market_data import MarketDataError, MarketDataFailure, SimulatedMarketData
 from hitl.errors import ErrorCode, HITLError
 from hitl.market import MarketQuote
 from hitl.models import DecisionReason, TradeStatus
@@ -47,8 +46,6 @@ class GatedMarket:
         self.asked.set()
         await self.gate.wait()
         if self.fail:
-            from activities.market_data import MarketDataError, MarketDataFailure
-
             raise MarketDataError(instrument, MarketDataFailure.UNKNOWN_INSTRUMENT, "delisted")
         return await self.market.quote(instrument)
 
@@ -71,9 +68,7 @@ async def test_decision_racing_the_deadline_gives_exactly_one_outcome(
         decision = asyncio.create_task(gw.client.approval(trade_id).approve(command()))
         await asyncio.wait_for(gated.asked.wait(), 10)
         # The deadline passes while the decision is in flight.
-        while (await stored(gw, trade_id)) is not None and approval.expires_at > _now():
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep((approval.expires_at - _now()).total_seconds() + 0.5)
         gated.gate.set()
         if decision_succeeds:
             final = await decision
@@ -90,9 +85,7 @@ async def test_decision_racing_the_deadline_gives_exactly_one_outcome(
         assert len(decided) == 1
 
 
-def _now():  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -145,9 +138,7 @@ async def _connect(port: int) -> Client:
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         try:
-            return await Client.connect(
-                f"127.0.0.1:{port}", data_converter=pydantic_data_converter
-            )
+            return await Client.connect(f"127.0.0.1:{port}", data_converter=pydantic_data_converter)
         except RuntimeError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
@@ -155,8 +146,8 @@ async def _connect(port: int) -> Client:
 
 
 @pytest.fixture
-async def server_on_disk(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
-    yield tmp_path / "temporal.db", _free_port()
+def server_on_disk(tmp_path: Path) -> tuple[Path, int]:
+    return tmp_path / "temporal.db", _free_port()
 
 
 async def test_pending_approvals_and_timers_survive_a_dev_server_restart(
@@ -199,5 +190,3 @@ async def test_pending_approvals_and_timers_survive_a_dev_server_restart(
     finally:
         server.terminate()
         await server.wait()
-
-
