@@ -102,6 +102,32 @@ def _same_content(a: ApprovalRequest, b: ApprovalRequest) -> bool:
     return RowHasher.canonical_json(a) == RowHasher.canonical_json(b)
 
 
+def _altered(trade_id: UUID, *, correlation_id: str, actor: str, action: str) -> ApplicationError:
+    """The SEC-080 failure for a stored approval that is not what the gateway wrote; logged."""
+    log.critical(
+        "stored approval failed its integrity check",
+        correlation_id=correlation_id,
+        actor=actor,
+        action=action,
+        result="refused",
+        error_code=ErrorCode.INTEGRITY_FAILURE.code,
+        trade_id=str(trade_id),
+    )
+    return ApplicationError(
+        f"{ErrorCode.INTEGRITY_FAILURE.code}: stored approval {trade_id} was altered",
+        type=ErrorCode.INTEGRITY_FAILURE.code,
+        non_retryable=True,
+    )
+
+
+def _not_found(trade_id: UUID) -> ApplicationError:
+    return ApplicationError(
+        f"{ErrorCode.NOT_FOUND.code}: no stored approval for trade {trade_id}",
+        type=ErrorCode.NOT_FOUND.code,
+        non_retryable=True,
+    )
+
+
 def _count_decision(approval: ApprovalRequest) -> None:
     if approval.status is TradeStatus.ACCEPTED:
         metrics.APPROVALS.inc()
@@ -131,7 +157,20 @@ class PersistenceActivities:
         async with self._sessions.begin() as session:
             existing = await self._load(session, approval.trade_id)
             if existing is not None:
-                return approval_from_row(existing)
+                # A retry of a run that committed: the row must still be the one it wrote.
+                found = self._read_row(existing)
+                if (
+                    found is None
+                    or not RowHasher.verify(found)
+                    or not _same_content(found, approval)
+                ):
+                    raise _altered(
+                        approval.trade_id,
+                        correlation_id=approval.correlation_id,
+                        actor=data.requested_by,
+                        action="approval.requested",
+                    )
+                return found
             session.add(ApprovalRow(**approval_to_row_values(approval)))
             _audit(
                 session,
@@ -173,18 +212,25 @@ class PersistenceActivities:
         async with self._sessions.begin() as session:
             row = await self._load(session, trade_id)
             if row is None:
-                raise ApplicationError(
-                    f"{ErrorCode.NOT_FOUND.code}: no stored approval for trade {trade_id}",
-                    type=ErrorCode.NOT_FOUND.code,
-                    non_retryable=True,
-                )
+                raise _not_found(trade_id)
             found = self._read_row(row)
             if (
                 found is not None
                 and found.is_decided
                 and found.decided_at == data.decided.decided_at
             ):
-                # A retry of a run that committed: hand back what it wrote.
+                # A retry of a run that committed: hand back what it wrote, if the row still
+                # holds exactly that; a row altered since is never passed on.
+                written = (data.decided, self._integrity_rejection(data))
+                if not RowHasher.verify(found) or not any(
+                    _same_content(found, record) for record in written
+                ):
+                    raise _altered(
+                        trade_id,
+                        correlation_id=data.expected.correlation_id,
+                        actor="system",
+                        action="approval.decided",
+                    )
                 return DecisionRecorded(
                     approval=found,
                     integrity_failure=found.decision_reason is DecisionReason.INTEGRITY_FAILURE,
@@ -273,29 +319,21 @@ class PersistenceActivities:
         async with self._sessions.begin() as session:
             row = await self._load(session, trade_id)
             if row is None:
-                raise ApplicationError(
-                    f"{ErrorCode.NOT_FOUND.code}: no stored approval for trade {trade_id}",
-                    type=ErrorCode.NOT_FOUND.code,
-                    non_retryable=True,
-                )
+                raise _not_found(trade_id)
             found = self._read_row(row)
-            if found is not None and found.status is data.target:
-                return found  # a retry of a run that committed
-            if found is None or not RowHasher.verify(found) or not _same_content(found, expected):
-                log.critical(
-                    "stored approval failed its integrity check",
+            # A retry of a run that committed finds the target status, and otherwise the
+            # workflow's copy; anything else was altered behind the gateway's back.
+            retried = found is not None and found.status is data.target
+            reference = expected.model_copy(update={"status": data.target}) if retried else expected
+            if found is None or not RowHasher.verify(found) or not _same_content(found, reference):
+                raise _altered(
+                    trade_id,
                     correlation_id=data.correlation_id,
                     actor=data.actor,
                     action="trade.transition",
-                    result="refused",
-                    error_code=ErrorCode.INTEGRITY_FAILURE.code,
-                    trade_id=str(trade_id),
                 )
-                raise ApplicationError(
-                    f"{ErrorCode.INTEGRITY_FAILURE.code}: stored approval {trade_id} was altered",
-                    type=ErrorCode.INTEGRITY_FAILURE.code,
-                    non_retryable=True,
-                )
+            if retried:
+                return found
             ok, code = validate_transition(found.status, data.target)
             if not ok:
                 raise ApplicationError(
@@ -364,7 +402,9 @@ class PersistenceActivities:
                 await session.execute(
                     select(ApprovalRow.id).where(ApprovalRow.trade_id == approval.trade_id)
                 )
-            ).scalar_one()
+            ).scalar_one_or_none()
+            if approval_id is None:
+                raise _not_found(approval.trade_id)
             existing = (
                 await session.execute(
                     select(PostTradeSnapshotRow).where(
@@ -389,6 +429,8 @@ class PersistenceActivities:
                 )
                 session.add(existing)
                 await session.flush()
+                # Hand back what the columns kept (8 places), as a retry would read it.
+                await session.refresh(existing)
         return snapshot_from_row(existing, trade_id=approval.trade_id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.market_data import MarketDataError, MarketDataProvider
+from activities.market_data import MarketDataError, MarketDataFailure, MarketDataProvider
 from hitl.errors import ErrorCode
 from hitl.market import MarketQuote
 from hitl.messages import FetchQuoteInput
@@ -24,7 +24,9 @@ class MarketDataActivities:
         try:
             return await self._provider.quote(data.instrument)
         except MarketDataError as exc:
+            # An instrument the market does not know will not appear on a retry.
             raise ApplicationError(
                 f"{ErrorCode.MARKET_DATA_UNAVAILABLE.code}: {exc.message}",
                 type=ErrorCode.MARKET_DATA_UNAVAILABLE.code,
+                non_retryable=exc.failure is MarketDataFailure.UNKNOWN_INSTRUMENT,
             ) from exc

@@ -26,6 +26,8 @@ class ErrorCode(Enum):
     UNAUTHENTICATED = ErrorSpec("SEC-001", 401, "Missing or invalid bearer token.")
     RATE_LIMITED = ErrorSpec("SEC-002", 429, "Too many requests; retry later.")
     INVALID_INPUT = ErrorSpec("SEC-003", 422, "The request is invalid.")
+    NO_SUCH_ROUTE = ErrorSpec("SEC-004", 404, "No such endpoint.")
+    METHOD_NOT_ALLOWED = ErrorSpec("SEC-005", 405, "Method not allowed on this endpoint.")
     NOT_FOUND = ErrorSpec("SEC-010", 404, "No approval exists for this trade.")
     DUPLICATE_REQUEST = ErrorSpec("SEC-011", 409, "An approval already exists for this trade.")
     ALREADY_DECIDED = ErrorSpec("SEC-012", 409, "The approval has already been decided.")
@@ -39,6 +41,7 @@ class ErrorCode(Enum):
     INTEGRITY_FAILURE = ErrorSpec("SEC-080", 409, "Stored record failed its integrity check.")
     UNAUTHORISED_OPERATOR = ErrorSpec("SEC-090", 403, "This principal may not take this action.")
     INVALID_DEEP_LINK = ErrorSpec("SEC-091", 403, "The link is invalid, expired or already used.")
+    INTERNAL = ErrorSpec("SEC-099", 500, "Internal error; it has been logged.")
 
     @property
     def code(self) -> str:

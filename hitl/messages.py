@@ -18,6 +18,7 @@ from hitl.market import MarketQuote
 from hitl.models import (
     ApprovalRequest,
     DecisionChannel,
+    CorrelationId,
     FreeText,
     PrincipalId,
     TradeProposal,
@@ -61,7 +62,10 @@ class DecisionCommand(_Message):
     operator_id: PrincipalId
     channel: DecisionChannel
     comment: FreeText | None = None
-    correlation_id: str
+    correlation_id: CorrelationId
+    not_after: UtcDatetime | None = None
+    """The caller stops waiting at this instant; a command still unapplied by then is refused
+    (SEC-070), so a decision the API answered 503 for can never land later."""
 
 
 class LifecycleCommand(_Message):

@@ -175,6 +175,19 @@ class EventRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
 
 
+class ApiTokenRow(Base):
+    """An API bearer token, stored only as its SHA-256; revoked tokens are kept for the record."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    principal: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 def approval_from_row(row: ApprovalRow) -> ApprovalRequest:
     """The domain record a stored row holds (raises ``pydantic.ValidationError`` if the row
     holds values no record could have, which callers treat as an integrity failure)."""

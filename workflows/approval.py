@@ -179,6 +179,8 @@ class ApprovalWorkflow:
             )
         if command.channel is DecisionChannel.SYSTEM:
             _fail(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
+        if command.not_after is not None and workflow.now() > command.not_after:
+            _fail(ErrorCode.SERVICE_UNAVAILABLE, "the decision arrived after its caller gave up")
         approval = self._approval
         if approval is None:
             return  # the handler waits until the request is recorded
@@ -413,6 +415,12 @@ class ApprovalWorkflow:
         await workflow.wait_condition(
             lambda: self._approval is not None and self._approval.is_decided
         )
+        return self._current
+
+    @workflow.update
+    async def recorded(self) -> ApprovalRequest:
+        """Wait until the request is stored and return it: how the API answers a new request."""
+        await workflow.wait_condition(lambda: self._approval is not None)
         return self._current
 
     @workflow.query

@@ -75,6 +75,19 @@ class ApprovalHandle:
         except RPCError as exc:
             raise self._rpc_error(exc) from exc
 
+    async def recorded(self) -> ApprovalRequest:
+        """Wait until the request is stored (its deadline set) and return it."""
+        try:
+            return await self._handle.execute_update(ApprovalWorkflow.recorded)
+        except WorkflowUpdateFailedError as exc:
+            raise _error_from_failure(exc) from exc
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                final = await self._completed_result()
+                if final is not None:
+                    return final
+            raise self._rpc_error(exc) from exc
+
     async def outcome(self) -> ApprovalRequest:
         """Wait until the approval is decided (or expires) and return it."""
         try:

@@ -30,6 +30,9 @@ PG_GUARDS = {
     "trg_audit_log_no_delete",
     "trg_audit_log_no_update",
     "trg_audit_log_no_truncate",
+    # Not a guard, but a trigger all the same: wakes event streams (migration 0002).
+    "hitl_notify_event",
+    "trg_hitl_events_notify",
 }
 SQLITE_GUARDS = {
     "trg_hitl_approvals_no_delete",
@@ -38,6 +41,7 @@ SQLITE_GUARDS = {
 }
 
 T = TypeVar("T")
+HEAD = "0002"
 
 
 @pytest.fixture(params=["empty_postgres_url", "empty_sqlite_url"], ids=["postgresql", "sqlite"])
@@ -72,7 +76,7 @@ def _guards(conn: Connection) -> set[str]:
     if conn.dialect.name == "postgresql":
         triggers = conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
         functions = conn.execute(
-            text("SELECT proname FROM pg_proc WHERE proname = 'hitl_refuse_delete'")
+            text("SELECT proname FROM pg_proc WHERE proname IN ('hitl_refuse_delete', 'hitl_notify_event')")
         )
         return set(triggers.scalars()) | set(functions.scalars())
     rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
@@ -91,7 +95,7 @@ async def _assert_at_head(url: str) -> None:
     assert await _on(url, _table_names) == {*Base.metadata.tables, "alembic_version"}
     assert await _on(url, _schema_diff) == []
     assert await _on(url, _guards) == _expected_guards(url)
-    assert await _on(url, _version) == "0001"
+    assert await _on(url, _version) == HEAD
 
 
 async def _assert_at_base(url: str) -> None:
