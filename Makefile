@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint pytest clean
+.PHONY: install run demo test lint pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m hitl.run
+
+demo: install
+	$(BIN)/python -m hitl.run --demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -40,6 +40,7 @@ from hitl.tables import (
     PostTradeSnapshotRow,
     approval_from_row,
     approval_to_row_values,
+    snapshot_from_row,
 )
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,24 @@ def _audit(
     )
 
 
-def _event(session: AsyncSession, *, event_type: str, approval: ApprovalRequest, key: str) -> None:
+# Any constant: the key of the PostgreSQL advisory lock that orders outbox commits.
+_EVENT_ORDER_LOCK = 0x48495454
+
+
+async def _event(
+    session: AsyncSession, *, event_type: str, approval: ApprovalRequest, key: str
+) -> None:
+    """Add the outbox event of this transaction's change.
+
+    Streams read the outbox by increasing id, so ids must become visible in order: on
+    PostgreSQL a transaction-scoped advisory lock, taken just before the event's insert and held
+    until commit, keeps a later id from committing before an earlier one. SQLite has one writer
+    at a time anyway.
+    """
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_ORDER_LOCK}
+        )
     session.add(
         EventRow(
             event_type=event_type,
@@ -183,7 +201,7 @@ class PersistenceActivities:
                 payload=approval.to_dict(),
                 idempotency_key=f"{approval.trade_id}:requested",
             )
-            _event(
+            await _event(
                 session,
                 event_type="hitl.created",
                 approval=approval,
@@ -261,7 +279,9 @@ class PersistenceActivities:
                 idempotency_key=f"{trade_id}:decided",
             )
             event_type = data.event_type if intact else "hitl.decided"
-            _event(session, event_type=event_type, approval=decided, key=f"{trade_id}:decided")
+            await _event(
+                session, event_type=event_type, approval=decided, key=f"{trade_id}:decided"
+            )
         _count_decision(decided)
         if not intact:
             log.critical(
@@ -355,7 +375,7 @@ class PersistenceActivities:
                 payload={"details": data.details, "approval": moved.to_dict()},
                 idempotency_key=f"{trade_id}:{data.target.value}",
             )
-            _event(
+            await _event(
                 session,
                 event_type="hitl.lifecycle",
                 approval=moved,
@@ -432,18 +452,3 @@ class PersistenceActivities:
                 # Hand back what the columns kept (8 places), as a retry would read it.
                 await session.refresh(existing)
         return snapshot_from_row(existing, trade_id=approval.trade_id)
-
-
-def snapshot_from_row(row: PostTradeSnapshotRow, *, trade_id: UUID) -> PostTradeSnapshot:
-    """The snapshot value a stored row holds."""
-    return PostTradeSnapshot(
-        trade_id=trade_id,
-        bid=row.bid,
-        ask=row.ask,
-        spread=row.spread,
-        mid_price=row.mid_price,
-        response_latency_ms=row.response_latency_ms,
-        price_deviation_pct=row.price_deviation_pct,
-        correlation_id=row.correlation_id,
-        created_at=row.created_at,
-    )

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from hitl.market import MarketQuote
 from hitl.models import (
     ApprovalRequest,
-    DecisionChannel,
     CorrelationId,
+    DecisionChannel,
     FreeText,
     PrincipalId,
     TradeProposal,

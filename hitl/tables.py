@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hitl.db import Decimal8, UtcDateTime
+from hitl.messages import PostTradeSnapshot
 from hitl.models import ApprovalRequest, DecisionChannel, Side, TradeStatus
 
 NAMING_CONVENTION = {
@@ -203,3 +204,18 @@ def approval_to_row_values(approval: ApprovalRequest) -> dict[str, Any]:
         value = getattr(approval, name)
         values[name] = value.value if isinstance(value, Enum) else value
     return values
+
+
+def snapshot_from_row(row: PostTradeSnapshotRow, *, trade_id: uuid.UUID) -> PostTradeSnapshot:
+    """The snapshot value a stored row holds."""
+    return PostTradeSnapshot(
+        trade_id=trade_id,
+        bid=row.bid,
+        ask=row.ask,
+        spread=row.spread,
+        mid_price=row.mid_price,
+        response_latency_ms=row.response_latency_ms,
+        price_deviation_pct=row.price_deviation_pct,
+        correlation_id=row.correlation_id,
+        created_at=row.created_at,
+    )

@@ -24,6 +24,8 @@ POSTGRES_URL = os.environ.get(
 
 os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
 
+pytest_plugins = ["tests.temporal_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:

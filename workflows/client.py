@@ -137,7 +137,9 @@ class ApprovalHandle:
         except WorkflowUpdateFailedError as exc:
             raise _error_from_failure(exc) from exc
         except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
-            raise HITLError(ErrorCode.SERVICE_UNAVAILABLE, "no answer from the workflow") from exc
+            raise HITLError(
+                ErrorCode.SERVICE_UNAVAILABLE, f"no answer from the workflow ({exc.__cause__!r})"
+            ) from exc
         except RPCError as exc:
             # An Update sent to a completed workflow is NOT_FOUND: answer with the standing
             # decision, exactly as the workflow would have.

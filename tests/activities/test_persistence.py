@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.persistence import PersistenceActivities, snapshot_from_row
+from activities.persistence import PersistenceActivities
 from hitl.db import session_factory
 from hitl.decimals import PLACES, QUANTUM
 from hitl.errors import ErrorCode
@@ -52,6 +52,7 @@ from hitl.tables import (
     EventRow,
     PostTradeSnapshotRow,
     approval_from_row,
+    snapshot_from_row,
 )
 from tests.strategies import approval_requests, decimals8
 

@@ -76,7 +76,10 @@ def _guards(conn: Connection) -> set[str]:
     if conn.dialect.name == "postgresql":
         triggers = conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
         functions = conn.execute(
-            text("SELECT proname FROM pg_proc WHERE proname IN ('hitl_refuse_delete', 'hitl_notify_event')")
+            text(
+                "SELECT proname FROM pg_proc "
+                "WHERE proname IN ('hitl_refuse_delete', 'hitl_notify_event')"
+            )
         )
         return set(triggers.scalars()) | set(functions.scalars())
     rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))

@@ -21,7 +21,7 @@ from hitl.errors import HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import DecisionChannel, TradeStatus
 from migrations.runner import upgrade_to_head
-from tests.workflows.conftest import BIN, make_proposal, start_gateway
+from tests.temporal_fixtures import BIN, make_proposal, start_gateway
 from workflows.approval import ApprovalWorkflow
 
 HISTORY_DIR = Path(__file__).parent / "histories"

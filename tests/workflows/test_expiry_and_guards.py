@@ -18,7 +18,7 @@ from hitl.errors import ErrorCode, HITLError
 from hitl.messages import LifecycleCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from hitl.tables import ApprovalRow
-from tests.workflows.conftest import Gateway, make_proposal, start_gateway, wait_until
+from tests.temporal_fixtures import Gateway, make_proposal, start_gateway, wait_until
 from tests.workflows.test_approval_paths import audits, command, events, requested, stored
 from workflows.approval import ApprovalWorkflow
 

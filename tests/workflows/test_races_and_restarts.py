@@ -19,7 +19,7 @@ from activities.market_data import MarketDataError, MarketDataFailure, Simulated
 from hitl.errors import ErrorCode, HITLError
 from hitl.market import MarketQuote
 from hitl.models import DecisionReason, TradeStatus
-from tests.workflows.conftest import (
+from tests.temporal_fixtures import (
     BIN,
     DEV_SERVER_PRAGMAS,
     Gateway,

@@ -81,11 +81,17 @@ async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture
-async def sqlite_sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on a migrated embedded SQLite database."""
+async def sqlite_url(tmp_path: Path) -> str:
+    """A migrated embedded SQLite database."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
     await asyncio.to_thread(upgrade_to_head, url)
-    engine: AsyncEngine = create_engine(url)
+    return url
+
+
+@pytest.fixture
+async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a migrated embedded SQLite database."""
+    engine: AsyncEngine = create_engine(sqlite_url)
     yield session_factory(engine)
     await engine.dispose()
 

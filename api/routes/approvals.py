@@ -1,0 +1,296 @@
+"""Approvals: bots create them and report fills; operators list and decide them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+from uuid import UUID
+
+from fastapi import APIRouter
+
+from api.auth import Principal
+from api.deps import (
+    BotDep,
+    CorrelationIdDep,
+    OperatorDep,
+    ReaderDep,
+    ServicesDep,
+    SessionDep,
+)
+from api.errors import responses
+from api.queries import approval_detail, pending_approvals
+from api.schemas import (
+    ApprovalDetail,
+    ApproveBody,
+    CreateApprovalBody,
+    CreatedApproval,
+    DecisionResult,
+    LifecycleBody,
+    PendingApproval,
+    RejectBody,
+)
+from api.services import Services
+from hitl.errors import ErrorCode, HITLError
+from hitl.messages import DecisionCommand, LifecycleCommand
+from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposal, TradeStatus
+
+router = APIRouter(prefix="/api/hitl", tags=["approvals"])
+
+T = TypeVar("T")
+
+_DECISION_ERRORS = (
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.UNAUTHORISED_OPERATOR,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.ALREADY_DECIDED,
+    ErrorCode.EXPIRED,
+    ErrorCode.SLIPPAGE_EXCEEDED,
+    ErrorCode.GUARDIAN_LOCKED,
+    ErrorCode.INTEGRITY_FAILURE,
+    ErrorCode.MARKET_DATA_UNAVAILABLE,
+)
+
+
+async def _bounded(services: Services, call: Awaitable[T]) -> T:
+    """Never hang on Temporal: past the configured time the caller gets 503 (SEC-070)."""
+    try:
+        return await asyncio.wait_for(call, services.settings.api.decision_timeout_seconds)
+    except TimeoutError:
+        raise HITLError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "no answer from the approval workflow in time; is a worker running?",
+        ) from None
+
+
+@router.post(
+    "/requests",
+    status_code=201,
+    responses=responses(
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.UNAUTHORISED_OPERATOR,
+        ErrorCode.DUPLICATE_REQUEST,
+        ErrorCode.GUARDIAN_LOCKED,
+    ),
+)
+async def create_request(
+    body: CreateApprovalBody,
+    bot: BotDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+) -> CreatedApproval:
+    """Start the approval of a proposed trade; it waits for an operator until it expires."""
+    proposal = TradeProposal(
+        **body.model_dump(exclude={"correlation_id"}),
+        correlation_id=body.correlation_id or correlation_id,
+    )
+    handle = await _bounded(
+        services,
+        services.approvals.request_approval(
+            proposal, requested_by=bot.id, policy=services.settings.policy()
+        ),
+    )
+    approval = await _bounded(services, handle.recorded())
+    return CreatedApproval(
+        trade_id=approval.trade_id,
+        status=approval.status,
+        requested_at=approval.requested_at,
+        expires_at=approval.expires_at,
+        correlation_id=approval.correlation_id,
+    )
+
+
+@router.get(
+    "/pending",
+    responses=responses(ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORISED_OPERATOR),
+)
+async def list_pending(_: OperatorDep, session: SessionDep) -> list[PendingApproval]:
+    """Approvals awaiting a decision, soonest deadline first; unsound rows are flagged."""
+    return await pending_approvals(session)
+
+
+@router.get(
+    "/{trade_id}",
+    responses=responses(
+        ErrorCode.UNAUTHENTICATED, ErrorCode.NOT_FOUND, ErrorCode.INTEGRITY_FAILURE
+    ),
+)
+async def get_approval(trade_id: UUID, _: ReaderDep, session: SessionDep) -> ApprovalDetail:
+    """One approval: request, decision, lifecycle state and post-trade snapshot."""
+    detail = await approval_detail(session, trade_id)
+    if detail is None:
+        raise HITLError(ErrorCode.NOT_FOUND, f"no approval for trade {trade_id}")
+    return detail
+
+
+async def _decide(
+    services: Services,
+    *,
+    trade_id: UUID,
+    operator: Principal,
+    claimed_by: str | None,
+    channel: DecisionChannel,
+    comment: str | None,
+    correlation_id: str,
+    decision: Decision,
+) -> ApprovalRequest:
+    refusal: str | None = None
+    if claimed_by is not None and claimed_by != operator.id:
+        refusal = f"the body names {claimed_by}, but the token is {operator.id}'s"
+    elif operator.id not in services.settings.hitl.allowed_operators:
+        refusal = f"{operator.id} is not an allowed operator"
+    try:
+        if refusal is not None:
+            raise HITLError(ErrorCode.UNAUTHORISED_OPERATOR, refusal)
+        timeout = services.settings.api.decision_timeout_seconds
+        command = DecisionCommand(
+            operator_id=operator.id,
+            channel=channel,
+            comment=comment,
+            correlation_id=correlation_id,
+            not_after=datetime.now(UTC) + timedelta(seconds=timeout),
+        )
+        handle = services.approvals.approval(trade_id)
+        call = handle.approve(command) if decision is Decision.APPROVE else handle.reject(command)
+        return await _bounded(services, call)
+    except HITLError as exc:
+        if exc.error is ErrorCode.UNAUTHORISED_OPERATOR:
+            await services.audit(
+                actor_id=operator.id,
+                action=f"approval.{decision.value.lower()}_refused",
+                target_id=str(trade_id),
+                correlation_id=correlation_id,
+                error_code=exc.error.code,
+                payload={"reason": exc.message, "claimed_by": claimed_by},
+            )
+        raise
+
+
+@router.post("/{trade_id}/approve", responses=responses(*_DECISION_ERRORS))
+async def approve(
+    trade_id: UUID,
+    body: ApproveBody,
+    operator: OperatorDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+) -> DecisionResult:
+    """Approve: the price is checked against the market, then the trade is ACCEPTED."""
+    approval = await _decide(
+        services,
+        trade_id=trade_id,
+        operator=operator,
+        claimed_by=body.approved_by,
+        channel=body.channel,
+        comment=body.comment,
+        correlation_id=correlation_id,
+        decision=Decision.APPROVE,
+    )
+    return DecisionResult.of(approval)
+
+
+@router.post("/{trade_id}/reject", responses=responses(*_DECISION_ERRORS))
+async def reject(
+    trade_id: UUID,
+    body: RejectBody,
+    operator: OperatorDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+) -> DecisionResult:
+    """Reject, with a reason."""
+    approval = await _decide(
+        services,
+        trade_id=trade_id,
+        operator=operator,
+        claimed_by=body.rejected_by,
+        channel=body.channel,
+        comment=body.reason,
+        correlation_id=correlation_id,
+        decision=Decision.REJECT,
+    )
+    return DecisionResult.of(approval)
+
+
+_LIFECYCLE_ERRORS = responses(
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.UNAUTHORISED_OPERATOR,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.INVALID_TRANSITION,
+    ErrorCode.INTEGRITY_FAILURE,
+)
+
+
+async def _advance(
+    services: Services,
+    *,
+    trade_id: UUID,
+    bot: Principal,
+    target: TradeStatus,
+    body: LifecycleBody | None,
+    correlation_id: str,
+) -> DecisionResult:
+    command = LifecycleCommand(
+        target=target,
+        reported_by=bot.id,
+        correlation_id=correlation_id,
+        details=body.details if body else {},
+    )
+    approval = await _bounded(services, services.approvals.approval(trade_id).advance(command))
+    return DecisionResult.of(approval)
+
+
+@router.post("/{trade_id}/fill", responses=_LIFECYCLE_ERRORS)
+async def fill(
+    trade_id: UUID,
+    bot: BotDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+    body: LifecycleBody | None = None,
+) -> DecisionResult:
+    """The accepted trade was filled."""
+    return await _advance(
+        services,
+        trade_id=trade_id,
+        bot=bot,
+        target=TradeStatus.FILLED,
+        body=body,
+        correlation_id=correlation_id,
+    )
+
+
+@router.post("/{trade_id}/close", responses=_LIFECYCLE_ERRORS)
+async def close(
+    trade_id: UUID,
+    bot: BotDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+    body: LifecycleBody | None = None,
+) -> DecisionResult:
+    """The filled position was closed."""
+    return await _advance(
+        services,
+        trade_id=trade_id,
+        bot=bot,
+        target=TradeStatus.CLOSED,
+        body=body,
+        correlation_id=correlation_id,
+    )
+
+
+@router.post("/{trade_id}/settle", responses=_LIFECYCLE_ERRORS)
+async def settle(
+    trade_id: UUID,
+    bot: BotDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+    body: LifecycleBody | None = None,
+) -> DecisionResult:
+    """The closed trade settled; its workflow ends."""
+    return await _advance(
+        services,
+        trade_id=trade_id,
+        bot=bot,
+        target=TradeStatus.SETTLED,
+        body=body,
+        correlation_id=correlation_id,
+    )

@@ -1,0 +1,126 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+from hitl.messages import PostTradeSnapshot
+from hitl.models import (
+    ApprovalRequest,
+    Confidence,
+    CorrelationId,
+    DecisionChannel,
+    DecisionReason,
+    FreeText,
+    Instrument,
+    Percent,
+    Price,
+    PrincipalId,
+    Side,
+    TradeStatus,
+)
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused: a typo must not silently drop a value.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateApprovalBody(_Body):
+    """The bot's proposal."""
+
+    trade_id: UUID
+    instrument: Instrument
+    side: Side
+    risk_pct: Percent
+    confidence: Confidence
+    request_price: Price
+    reasoning_summary: FreeText
+    correlation_id: CorrelationId | None = None
+    """Defaults to the request's X-Correlation-ID (or a new one)."""
+
+
+class CreatedApproval(BaseModel):
+    """A request now awaiting a decision."""
+
+    trade_id: UUID
+    status: TradeStatus
+    requested_at: datetime
+    expires_at: datetime
+    correlation_id: str
+
+
+class ApproveBody(_Body):
+    """An approval; ``approved_by``, if given, must be the authenticated operator."""
+
+    approved_by: PrincipalId | None = None
+    channel: DecisionChannel = DecisionChannel.API
+    comment: FreeText | None = None
+
+
+class RejectBody(_Body):
+    """A rejection; ``rejected_by``, if given, must be the authenticated operator."""
+
+    rejected_by: PrincipalId | None = None
+    channel: DecisionChannel = DecisionChannel.API
+    reason: FreeText | None = None
+
+
+class DecisionResult(BaseModel):
+    """The definitive outcome of a decision."""
+
+    status: TradeStatus
+    trade_id: UUID
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_reason: DecisionReason | None
+    correlation_id: str
+
+    @classmethod
+    def of(cls, approval: ApprovalRequest) -> DecisionResult:
+        """The outcome ``approval`` records."""
+        return cls(
+            status=approval.status,
+            trade_id=approval.trade_id,
+            decided_at=approval.decided_at,
+            decided_by=approval.decided_by,
+            decision_reason=approval.decision_reason,
+            correlation_id=approval.correlation_id,
+        )
+
+
+class LifecycleBody(_Body):
+    """A fill, close or settlement report, with whatever data the bot has."""
+
+    details: dict[str, Any] = {}
+
+
+class PendingApproval(BaseModel):
+    """One approval awaiting a decision, as operators see it."""
+
+    trade_id: UUID
+    instrument: str
+    side: Side
+    risk_pct: Decimal
+    confidence: Decimal
+    request_price: Decimal
+    requested_at: datetime
+    expires_at: datetime
+    seconds_remaining: float
+    reasoning_summary: str
+    correlation_id: str
+    integrity_ok: bool
+    """False when the stored row fails its hash (SEC-080): never show such a row as sound."""
+
+
+class ApprovalDetail(BaseModel):
+    """The full record: request, decision, lifecycle state and post-trade snapshot."""
+
+    approval: ApprovalRequest
+    integrity_ok: bool
+    snapshot: PostTradeSnapshot | None

@@ -1,0 +1,110 @@
+"""What one API process holds for its lifetime: settings, database engine, Temporal client,
+declared tokens and the rate limiter. Built in the lifespan hook, disposed at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.auth import Principal, parse_declared_tokens
+from api.events import EventWaker
+from hitl.db import create_engine, session_factory
+from hitl.errors import ErrorCode, HITLError
+from hitl.settings import Settings
+from hitl.tables import AuditRow
+from workflows.client import ApprovalClient
+
+
+class RateLimiter:
+    """Per-principal limits, from the maintained ``limits`` library (moving window)."""
+
+    def __init__(self, spec: str) -> None:
+        self._items: list[RateLimitItem] = parse_many(spec)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def hit(self, principal: str) -> None:
+        """Count one request; SEC-002 with ``retry_after`` seconds when over a limit."""
+        for item in self._items:
+            if not await self._limiter.hit(item, principal):
+                stats = await self._limiter.get_window_stats(item, principal)
+                retry_after = max(1, int(stats.reset_time - datetime.now(UTC).timestamp()) + 1)
+                raise HITLError(ErrorCode.RATE_LIMITED, retry_after=retry_after)
+
+
+@dataclass
+class Services:
+    """The API process's long-lived dependencies."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    temporal: Client
+    approvals: ApprovalClient
+    declared_tokens: dict[str, Principal]
+    rate_limiter: RateLimiter
+    events: EventWaker
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        """Build everything; Temporal is connected lazily, so the API starts (and reports
+        itself unready) while Temporal is still coming up."""
+        engine = create_engine(settings.database_url)
+        temporal = await Client.connect(
+            settings.temporal.address,
+            namespace=settings.temporal.namespace,
+            data_converter=pydantic_data_converter,
+            lazy=True,
+        )
+        events = EventWaker(settings.database_url)
+        await events.start()
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            temporal=temporal,
+            approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),
+            declared_tokens=parse_declared_tokens(settings.api.tokens.get_secret_value()),
+            rate_limiter=RateLimiter(settings.api.rate_limit),
+            events=events,
+        )
+
+    async def close(self) -> None:
+        """Release the LISTEN connection and the database pool."""
+        await self.events.stop()
+        await self.engine.dispose()
+
+    async def audit(
+        self,
+        *,
+        actor_id: str,
+        action: str,
+        target_id: str,
+        correlation_id: str,
+        error_code: str | None,
+        payload: dict[str, Any],
+    ) -> None:
+        """Record a refusal made at the API's door (nothing reached the workflow)."""
+        async with self.sessions.begin() as session:
+            session.add(
+                AuditRow(
+                    actor_id=actor_id,
+                    action=action,
+                    target_type="approval",
+                    target_id=target_id,
+                    previous_state=None,
+                    new_state=None,
+                    payload=payload,
+                    correlation_id=correlation_id,
+                    error_code=error_code,
+                    created_at=datetime.now(UTC),
+                    idempotency_key=None,
+                )
+            )

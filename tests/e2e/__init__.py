@@ -1,0 +1,1 @@
+"""End-to-end tests: the whole gateway as `make run` starts it."""
