@@ -50,6 +50,7 @@ def activities_for(
         notifications.notify_approval_requested,
         notifications.notify_approval_expired,
         notifications.notify_security_alert,
+        notifications.notify_guardian_cascade,
         market.fetch_quote,
     ]
 

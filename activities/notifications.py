@@ -11,7 +11,7 @@ from typing import Protocol
 import structlog
 from temporalio import activity
 
-from hitl.messages import NotifyInput, SecurityAlertInput
+from hitl.messages import GuardianCascadeSummary, NotifyInput, SecurityAlertInput
 from hitl.models import ApprovalRequest
 
 log = structlog.get_logger(__name__)
@@ -28,6 +28,9 @@ class Notifier(Protocol):
 
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Something failed an integrity check."""
+
+    async def guardian_cascade(self, summary: GuardianCascadeSummary) -> None:
+        """The Guardian locked and rejected every pending approval: one summary, not one each."""
 
 
 class ConsoleNotifier:
@@ -78,6 +81,18 @@ class ConsoleNotifier:
             detail=alert.message,
         )
 
+    async def guardian_cascade(self, summary: GuardianCascadeSummary) -> None:
+        """Log the cascade summary."""
+        log.warning(
+            "guardian lock rejected pending approvals",
+            correlation_id=summary.correlation_id,
+            actor=summary.locked_by,
+            action="notify.guardian_cascade",
+            result="sent",
+            reason=summary.reason,
+            rejected=summary.rejected,
+        )
+
 
 class NotificationActivities:
     """Notification activities; built in ``worker.py`` with the configured notifier."""
@@ -99,3 +114,8 @@ class NotificationActivities:
     async def notify_security_alert(self, data: SecurityAlertInput) -> None:
         """Raise a security alert."""
         await self._notifier.security_alert(data)
+
+    @activity.defn(name="notify_guardian_cascade")
+    async def notify_guardian_cascade(self, data: GuardianCascadeSummary) -> None:
+        """Send the one summary of a Guardian cascade."""
+        await self._notifier.guardian_cascade(data)

@@ -171,3 +171,13 @@ class SecurityAlertInput(_Message):
     message: str
     correlation_id: str
     detected_at: datetime
+
+
+class GuardianCascadeSummary(_Message):
+    """What one Guardian lock did: the one notification operators get for the whole cascade."""
+
+    reason: str
+    locked_by: PrincipalId
+    locked_at: UtcDatetime
+    rejected: int
+    correlation_id: CorrelationId

@@ -29,6 +29,8 @@ class HITLSettings(BaseSettings):
     )
     allowed_operators: Annotated[frozenset[str], NoDecode]
     data_dir: Path = Path("data")
+    hub_url: str = "http://127.0.0.1:8000"
+    """Where operators open the approval page; deep links point here."""
 
     @field_validator("allowed_operators", mode="before")
     @classmethod
@@ -93,6 +95,25 @@ class ApiSettings(BaseSettings):
     """Per-principal request limit, in the ``limits`` library's notation."""
 
 
+class DiscordSettings(BaseSettings):
+    """The Discord bot and notifier (``DISCORD_*``); without a token, the console notifier."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCORD_", extra="ignore")
+
+    bot_token: SecretStr = SecretStr("")
+    channel_id: int | None = None
+    """The channel approval messages are posted to."""
+    api_base_url: str = ""
+    """Discord's REST base URL; empty means discord.py's default. Tests point it at a fake."""
+    operators: str = ""
+    """``discord_user_id:operator_id`` pairs, comma-separated: who may decide by button."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether Discord is configured."""
+        return bool(self.bot_token.get_secret_value())
+
+
 class Settings(BaseModel):
     """All settings of one gateway process."""
 
@@ -111,6 +132,7 @@ class Settings(BaseModel):
     market_data: MarketDataSettings
     worker: WorkerSettings
     api: ApiSettings
+    discord: DiscordSettings
 
     @property
     def database_url(self) -> str:
@@ -144,6 +166,27 @@ def load_settings() -> Settings:
         market_data=_load(MarketDataSettings),
         worker=_load(WorkerSettings),
         api=_load(ApiSettings),
+        discord=_load(DiscordSettings),
+    )
+
+
+_GROUPS: tuple[type[BaseSettings], ...] = (
+    HITLSettings,
+    DatabaseSettings,
+    TemporalSettings,
+    MarketDataSettings,
+    WorkerSettings,
+    ApiSettings,
+    DiscordSettings,
+)
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable the settings read (for checking deployment files)."""
+    return frozenset(
+        f"{group.model_config.get('env_prefix', '')}{name}".upper()
+        for group in _GROUPS
+        for name in group.model_fields
     )
 
 

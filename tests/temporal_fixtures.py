@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 
 from activities.market_data import MarketDataProvider, SimulatedMarketData
 from hitl.db import create_engine, session_factory
-from hitl.messages import ApprovalPolicy, SecurityAlertInput
+from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from migrations.runner import upgrade_to_head
 from worker import activities_for, build_worker
@@ -43,6 +43,7 @@ class RecordingNotifier:
     requested: list[ApprovalRequest] = field(default_factory=list)
     expired: list[ApprovalRequest] = field(default_factory=list)
     alerts: list[SecurityAlertInput] = field(default_factory=list)
+    cascades: list[GuardianCascadeSummary] = field(default_factory=list)
 
     async def approval_requested(self, approval: ApprovalRequest) -> None:
         """Record a request notification."""
@@ -55,6 +56,10 @@ class RecordingNotifier:
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Record a security alert."""
         self.alerts.append(alert)
+
+    async def guardian_cascade(self, summary: GuardianCascadeSummary) -> None:
+        """Record a Guardian cascade summary."""
+        self.cascades.append(summary)
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,7 @@ def api_settings(
         temporal=TemporalSettings(address=temporal_address, task_queue=task_queue),
         market_data=base.market_data,
         worker=base.worker,
+        discord=base.discord,
         api=ApiSettings(
             tokens=SecretStr(",".join(f"{p}:{r}:{t}" for p, (r, t) in TOKENS.items())),
             **api,

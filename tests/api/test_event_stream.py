@@ -60,7 +60,7 @@ async def create(served: Served, http: httpx.AsyncClient) -> str:
 
 
 async def receive(ws: Any, count: int) -> list[dict[str, Any]]:
-    events = []
+    events: list[dict[str, Any]] = []
     async with asyncio.timeout(15):
         while len(events) < count:
             events.append(json.loads(await ws.recv()))
@@ -70,9 +70,7 @@ async def receive(ws: Any, count: int) -> list[dict[str, Any]]:
 async def test_events_on_create_decide_and_expire(served: Served) -> None:
     async with (
         httpx.AsyncClient(base_url=served.base_url) as http,
-        websockets.connect(
-            f"{served.ws_url}/ws/hitl", additional_headers=auth("alice")
-        ) as ws,
+        websockets.connect(f"{served.ws_url}/ws/hitl", additional_headers=auth("alice")) as ws,
     ):
         ready = json.loads(await ws.recv())
         assert ready["type"] == "stream.ready"
@@ -100,9 +98,7 @@ async def test_events_on_create_decide_and_expire(served: Served) -> None:
 
 async def test_resume_after_a_dropped_connection_misses_nothing(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base_url) as http:
-        async with websockets.connect(
-            f"{served.ws_url}/ws/hitl?token=alice-token"
-        ) as ws:
+        async with websockets.connect(f"{served.ws_url}/ws/hitl?token=alice-token") as ws:
             cursor = json.loads(await ws.recv())["cursor"]
             first = await create(served, http)
             [seen] = await receive(ws, 1)
