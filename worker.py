@@ -19,6 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.guardian import GuardianActivities
 from activities.market_data import MarketDataProvider, provider_from_settings
 from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
@@ -27,6 +28,7 @@ from hitl.db import create_engine, session_factory
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
 from workflows.approval import ApprovalWorkflow
+from workflows.guardian import GuardianWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +38,17 @@ def activities_for(
     sessions: Any,
     provider: MarketDataProvider,
     notifier: Notifier,
+    client: Client,
 ) -> Sequence[Any]:
-    """Every activity the approval workflow calls, bound to its dependencies."""
+    """Every activity the workflows call, bound to its dependencies."""
     persistence = PersistenceActivities(sessions)
     notifications = NotificationActivities(notifier)
     market = MarketDataActivities(provider)
+    guardian = GuardianActivities(sessions, client)
     return [
+        guardian.engage_guardian_lock,
+        guardian.release_guardian_lock,
+        guardian.signal_guardian_lock,
         persistence.record_request,
         persistence.record_decision,
         persistence.record_transition,
@@ -66,7 +73,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ApprovalWorkflow],
+        workflows=[ApprovalWorkflow, GuardianWorkflow],
         activities=activities,
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -127,7 +134,9 @@ async def main() -> None:
     worker = build_worker(
         client,
         task_queue=settings.temporal.task_queue,
-        activities=activities_for(sessions=sessions, provider=provider, notifier=ConsoleNotifier()),
+        activities=activities_for(
+            sessions=sessions, provider=provider, notifier=ConsoleNotifier(), client=client
+        ),
         max_cached_workflows=settings.worker.max_cached_workflows,
     )
     stop = asyncio.Event()

@@ -23,6 +23,7 @@ from hitl.errors import ErrorCode
 from hitl.hashing import RowHasher
 from hitl.lifecycle import validate_transition
 from hitl.messages import (
+    SYSTEM_ACTOR,
     DecisionRecorded,
     PostTradeSnapshot,
     RecordAuditInput,
@@ -37,6 +38,7 @@ from hitl.tables import (
     ApprovalRow,
     AuditRow,
     EventRow,
+    GuardianStateRow,
     PostTradeSnapshotRow,
     approval_from_row,
     approval_to_row_values,
@@ -52,24 +54,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _audit(
+def write_audit(
     session: AsyncSession,
     *,
     actor_id: str,
     action: str,
-    trade_id: UUID,
+    trade_id: UUID | str,
     correlation_id: str,
     previous_state: str | None,
     new_state: str | None,
     payload: dict[str, Any],
     idempotency_key: str,
     error_code: str | None = None,
+    target_type: str = TARGET_TYPE,
 ) -> None:
+    """Add one audit entry to the session's transaction."""
     session.add(
         AuditRow(
             actor_id=actor_id,
             action=action,
-            target_type=TARGET_TYPE,
+            target_type=target_type,
             target_id=str(trade_id),
             previous_state=previous_state,
             new_state=new_state,
@@ -146,6 +150,86 @@ def _not_found(trade_id: UUID) -> ApplicationError:
     )
 
 
+_DECISION_FIELDS = (
+    "status",
+    "decided_at",
+    "decided_by",
+    "decision_channel",
+    "decision_reason",
+    "comment",
+)
+
+
+def _same_request(found: ApprovalRequest, expected: ApprovalRequest) -> bool:
+    """Equal but for the decision: the same approval, decided since or not."""
+    decision = {name: getattr(found, name) for name in _DECISION_FIELDS}
+    return _same_content(found, expected.model_copy(update=decision))
+
+
+def guardian_rejection(
+    approval: ApprovalRequest, *, at: datetime, locked_by: str, reason: str | None
+) -> ApprovalRequest:
+    """``approval`` rejected because the Guardian is locked (not yet hashed)."""
+    return approval.model_copy(
+        update={
+            "status": TradeStatus.REJECTED,
+            "decided_at": at,
+            "decided_by": SYSTEM_ACTOR,
+            "decision_channel": DecisionChannel.SYSTEM,
+            "decision_reason": DecisionReason.GUARDIAN_LOCK,
+            "comment": f"Guardian locked by {locked_by}: {reason or 'no reason given'}",
+        }
+    )
+
+
+async def guardian_state(session: AsyncSession, *, for_update: bool = False) -> GuardianStateRow:
+    """The Guardian row, locked for sharing (decisions) or for update (lock and unlock), so that
+    a decision and a lock never interleave on PostgreSQL; SQLite has one writer anyway."""
+    query = select(GuardianStateRow).where(GuardianStateRow.id == 1)
+    query = query.with_for_update(read=not for_update)
+    return (await session.execute(query)).scalar_one()
+
+
+async def write_guardian_rejection(
+    session: AsyncSession,
+    row: ApprovalRow,
+    approval: ApprovalRequest,
+    *,
+    guardian: GuardianStateRow,
+    at: datetime,
+) -> ApprovalRequest:
+    """Reject ``approval`` (stored in ``row``) for the Guardian: row, audit entry, event."""
+    rejected = _hashed(
+        guardian_rejection(
+            approval, at=at, locked_by=guardian.changed_by or SYSTEM_ACTOR, reason=guardian.reason
+        )
+    )
+    for name, value in approval_to_row_values(rejected).items():
+        setattr(row, name, value)
+    write_audit(
+        session,
+        actor_id=guardian.changed_by or SYSTEM_ACTOR,
+        action="approval.decided",
+        trade_id=approval.trade_id,
+        correlation_id=approval.correlation_id,
+        previous_state=TradeStatus.AWAITING_APPROVAL.value,
+        new_state=TradeStatus.REJECTED.value,
+        payload={"approval": rejected.to_dict(), "guardian_version": guardian.version},
+        error_code=ErrorCode.GUARDIAN_LOCKED.code,
+        idempotency_key=f"{approval.trade_id}:decided",
+    )
+    await _event(
+        session, event_type="hitl.decided", approval=rejected, key=f"{approval.trade_id}:decided"
+    )
+    return rejected
+
+
+def count_guardian_rejections(count: int) -> None:
+    """Metrics for approvals the Guardian rejected."""
+    metrics.BLOCKED_BY_GUARDIAN.inc(count)
+    metrics.REJECTIONS.labels(reason=DecisionReason.GUARDIAN_LOCK.value).inc(count)
+
+
 def _count_decision(approval: ApprovalRequest) -> None:
     if approval.status is TradeStatus.ACCEPTED:
         metrics.APPROVALS.inc()
@@ -175,12 +259,13 @@ class PersistenceActivities:
         async with self._sessions.begin() as session:
             existing = await self._load(session, approval.trade_id)
             if existing is not None:
-                # A retry of a run that committed: the row must still be the one it wrote.
+                # A retry of a run that committed: the row must still be the one it wrote (or
+                # that, rejected since by a Guardian lock).
                 found = self._read_row(existing)
                 if (
                     found is None
                     or not RowHasher.verify(found)
-                    or not _same_content(found, approval)
+                    or not _same_request(found, approval)
                 ):
                     raise _altered(
                         approval.trade_id,
@@ -189,8 +274,10 @@ class PersistenceActivities:
                         action="approval.requested",
                     )
                 return found
-            session.add(ApprovalRow(**approval_to_row_values(approval)))
-            _audit(
+            guardian = await guardian_state(session)
+            row = ApprovalRow(**approval_to_row_values(approval))
+            session.add(row)
+            write_audit(
                 session,
                 actor_id=data.requested_by,
                 action="approval.requested",
@@ -207,7 +294,15 @@ class PersistenceActivities:
                 approval=approval,
                 key=f"{approval.trade_id}:hitl.created",
             )
+            if guardian.locked:
+                # The lock committed after the API let this request in: it is recorded, and
+                # rejected at once, like every approval that was pending when the lock came.
+                approval = await write_guardian_rejection(
+                    session, row, approval, guardian=guardian, at=approval.requested_at
+                )
         metrics.REQUESTS.inc()
+        if approval.is_decided:
+            count_guardian_rejections(1)
         log.info(
             "approval recorded",
             correlation_id=approval.correlation_id,
@@ -253,35 +348,69 @@ class PersistenceActivities:
                     approval=found,
                     integrity_failure=found.decision_reason is DecisionReason.INTEGRITY_FAILURE,
                 )
+            if (
+                found is not None
+                and found.decision_reason is DecisionReason.GUARDIAN_LOCK
+                and RowHasher.verify(found)
+                and _same_request(found, data.expected)
+            ):
+                # A Guardian lock rejected it in bulk; the workflow adopts that decision.
+                return DecisionRecorded(approval=found, guardian_blocked=True)
             intact = (
                 found is not None
                 and RowHasher.verify(found)
                 and _same_content(found, data.expected)
             )
-            decided = _hashed(data.decided if intact else self._integrity_rejection(data))
-            payload = {**data.audit_payload, "approval": decided.to_dict()}
-            error_code = data.error_code
-            if not intact:
-                error_code = ErrorCode.INTEGRITY_FAILURE.code
-                payload["found_row"] = self._row_dump(found, row)
-            for name, value in approval_to_row_values(decided).items():
-                setattr(row, name, value)
-            _audit(
-                session,
-                actor_id=decided.decided_by or "system",
-                action="approval.decided" if intact else "approval.integrity_failure",
-                trade_id=trade_id,
-                correlation_id=decided.correlation_id,
-                previous_state=TradeStatus.AWAITING_APPROVAL.value,
-                new_state=decided.status.value,
-                payload=payload,
-                error_code=error_code,
-                idempotency_key=f"{trade_id}:decided",
+            guardian_rejected: ApprovalRequest | None = None
+            if intact and data.decided.status is TradeStatus.ACCEPTED:
+                guardian = await guardian_state(session)
+                if guardian.locked:
+                    # The lock was acknowledged before this acceptance could commit: it never
+                    # will. The approval ends rejected instead.
+                    guardian_rejected = await write_guardian_rejection(
+                        session,
+                        row,
+                        data.expected,
+                        guardian=guardian,
+                        at=data.decided.decided_at or _now(),
+                    )
+            if guardian_rejected is None:
+                decided = _hashed(data.decided if intact else self._integrity_rejection(data))
+                payload = {**data.audit_payload, "approval": decided.to_dict()}
+                error_code = data.error_code
+                if not intact:
+                    error_code = ErrorCode.INTEGRITY_FAILURE.code
+                    payload["found_row"] = self._row_dump(found, row)
+                for name, value in approval_to_row_values(decided).items():
+                    setattr(row, name, value)
+                write_audit(
+                    session,
+                    actor_id=decided.decided_by or "system",
+                    action="approval.decided" if intact else "approval.integrity_failure",
+                    trade_id=trade_id,
+                    correlation_id=decided.correlation_id,
+                    previous_state=TradeStatus.AWAITING_APPROVAL.value,
+                    new_state=decided.status.value,
+                    payload=payload,
+                    error_code=error_code,
+                    idempotency_key=f"{trade_id}:decided",
+                )
+                event_type = data.event_type if intact else "hitl.decided"
+                await _event(
+                    session, event_type=event_type, approval=decided, key=f"{trade_id}:decided"
+                )
+        if guardian_rejected is not None:
+            count_guardian_rejections(1)
+            log.warning(
+                "acceptance refused: the Guardian is locked",
+                correlation_id=guardian_rejected.correlation_id,
+                actor=data.decided.decided_by,
+                action="approval.decided",
+                result="REJECTED",
+                error_code=ErrorCode.GUARDIAN_LOCKED.code,
+                trade_id=str(trade_id),
             )
-            event_type = data.event_type if intact else "hitl.decided"
-            await _event(
-                session, event_type=event_type, approval=decided, key=f"{trade_id}:decided"
-            )
+            return DecisionRecorded(approval=guardian_rejected, guardian_blocked=True)
         _count_decision(decided)
         if not intact:
             log.critical(
@@ -364,7 +493,7 @@ class PersistenceActivities:
             moved = _hashed(found.model_copy(update={"status": data.target}))
             for name, value in approval_to_row_values(moved).items():
                 setattr(row, name, value)
-            _audit(
+            write_audit(
                 session,
                 actor_id=data.actor,
                 action="trade.transitioned",
@@ -400,7 +529,7 @@ class PersistenceActivities:
             )
             if exists.scalar_one_or_none() is not None:
                 return
-            _audit(
+            write_audit(
                 session,
                 actor_id=data.actor_id,
                 action=data.action,

@@ -24,6 +24,8 @@ class Role(StrEnum):
     """Decides approvals."""
     ADMIN = "admin"
     """Drives the Guardian and manages tokens."""
+    GUARDIAN = "guardian"
+    """The external risk engine: may lock and unlock the Guardian, nothing else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ def parse_declared_tokens(declared: str) -> dict[str, Principal]:
         if not (sep1 and sep2 and principal and token) or role not in Role._value2member_map_:
             raise ConfigurationError(
                 "HITL_API_TOKENS",
-                "entries must be principal:role:token with role bot|operator|admin",
+                "entries must be principal:role:token with role bot|operator|admin|guardian",
             )
         principals[hash_token(token)] = Principal(principal, Role(role))
     return principals

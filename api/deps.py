@@ -82,4 +82,7 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
 
 BotDep = Annotated[Principal, Depends(require(Role.BOT))]
 OperatorDep = Annotated[Principal, Depends(require(Role.OPERATOR))]
-ReaderDep = Annotated[Principal, Depends(require(Role.OPERATOR, Role.ADMIN, Role.BOT))]
+ReaderDep = Annotated[
+    Principal, Depends(require(Role.OPERATOR, Role.ADMIN, Role.BOT, Role.GUARDIAN))
+]
+GuardianDep = Annotated[Principal, Depends(require(Role.ADMIN, Role.GUARDIAN))]

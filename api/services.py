@@ -3,9 +3,11 @@ declared tokens and the rate limiter. Built in the lifespan hook, disposed at sh
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
@@ -20,7 +22,9 @@ from hitl.db import create_engine, session_factory
 from hitl.errors import ErrorCode, HITLError
 from hitl.settings import Settings
 from hitl.tables import AuditRow
-from workflows.client import ApprovalClient
+from workflows.client import ApprovalClient, GuardianClient
+
+T = TypeVar("T")
 
 
 class RateLimiter:
@@ -51,6 +55,7 @@ class Services:
     declared_tokens: dict[str, Principal]
     rate_limiter: RateLimiter
     events: EventWaker
+    guardian: GuardianClient
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -74,7 +79,18 @@ class Services:
             declared_tokens=parse_declared_tokens(settings.api.tokens.get_secret_value()),
             rate_limiter=RateLimiter(settings.api.rate_limit),
             events=events,
+            guardian=GuardianClient(temporal, task_queue=settings.temporal.task_queue),
         )
+
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """Never hang on Temporal: past the configured time the caller gets 503 (SEC-070)."""
+        try:
+            return await asyncio.wait_for(call, self.settings.api.decision_timeout_seconds)
+        except TimeoutError:
+            raise HITLError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "no answer from the workflows in time; is a worker running?",
+            ) from None
 
     async def close(self) -> None:
         """Release the LISTEN connection and the database pool."""

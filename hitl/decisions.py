@@ -20,6 +20,8 @@ def refusal_for_decided(
     operator repeating the decision that stands (a double click gets the standing result)."""
     if approval.decision_reason is DecisionReason.HITL_TIMEOUT:
         return ErrorCode.EXPIRED
+    if approval.decision_reason is DecisionReason.GUARDIAN_LOCK:
+        return ErrorCode.GUARDIAN_LOCKED
     if approval.decided_by == operator_id:
         if decision is Decision.APPROVE and approval.status in _AFTER_ACCEPTANCE:
             return None

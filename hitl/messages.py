@@ -102,6 +102,8 @@ class DecisionRecorded(_Message):
 
     approval: ApprovalRequest
     integrity_failure: bool = False
+    guardian_blocked: bool = False
+    """The Guardian was locked: the approval ended REJECTED with GUARDIAN_LOCK instead."""
 
 
 class RecordTransitionInput(_Message):
@@ -181,3 +183,51 @@ class GuardianCascadeSummary(_Message):
     locked_at: UtcDatetime
     rejected: int
     correlation_id: CorrelationId
+
+
+class GuardianCommand(_Message):
+    """Lock or unlock the Guardian."""
+
+    reason: FreeText = ""
+    by: PrincipalId
+    correlation_id: CorrelationId
+
+
+class GuardianStatus(_Message):
+    """The Guardian as it stands."""
+
+    locked: bool
+    reason: str | None = None
+    since: UtcDatetime | None = None
+    changed_by: str | None = None
+    version: int = 0
+
+
+class GuardianLockNotice(_Message):
+    """Signalled to each pending approval when the Guardian locks."""
+
+    version: int
+    reason: str
+    locked_by: PrincipalId
+    locked_at: UtcDatetime
+    correlation_id: CorrelationId
+
+
+class GuardianLockResult(_Message):
+    """What engaging the lock did: the status, and the approvals it rejected."""
+
+    status: GuardianStatus
+    rejected: list[UUID] = Field(default_factory=list)
+
+
+class GuardianFanOut(_Message):
+    """Tell the approvals a lock rejected to finish."""
+
+    notice: GuardianLockNotice
+    trade_ids: list[UUID]
+
+
+def guardian_workflow_id(task_queue: str) -> str:
+    """The one Guardian workflow of a gateway (its task queue): it serialises locks and unlocks
+    and fans each lock out."""
+    return f"hitl-guardian-{task_queue}"

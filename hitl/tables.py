@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -187,6 +188,25 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class GuardianStateRow(Base):
+    """The Guardian kill-switch: one row, the one source of truth for whether trading is halted.
+
+    Decisions read it in their own transaction, so a lock that has committed is seen by every
+    decision that commits after it.
+    """
+
+    __tablename__ = "guardian_state"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    locked: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    changed_by: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    """Counts every lock and unlock: the id of a lock's cascade."""
 
 
 def approval_from_row(row: ApprovalRow) -> ApprovalRequest:

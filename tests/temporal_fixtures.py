@@ -110,6 +110,7 @@ class Gateway:
     worker: Worker
     sessions: async_sessionmaker[AsyncSession]
     market: SimulatedMarketData
+    provider: MarketDataProvider
     notifier: RecordingNotifier
     task_queue: str
     policy: ApprovalPolicy
@@ -120,7 +121,10 @@ class Gateway:
             self.env.client,
             task_queue=self.task_queue,
             activities=activities_for(
-                sessions=self.sessions, provider=self.market, notifier=self.notifier
+                sessions=self.sessions,
+                provider=self.provider,
+                notifier=self.notifier,
+                client=self.env.client,
             ),
             max_cached_workflows=max_cached_workflows,
         )
@@ -168,7 +172,7 @@ async def start_gateway(
         env.client,
         task_queue=task_queue,
         activities=activities_for(
-            sessions=sessions, provider=provider or market, notifier=notifier
+            sessions=sessions, provider=provider or market, notifier=notifier, client=env.client
         ),
         max_cached_workflows=max_cached_workflows,
     )
@@ -178,6 +182,7 @@ async def start_gateway(
         worker=worker,
         sessions=sessions,
         market=market,
+        provider=provider or market,
         notifier=notifier,
         task_queue=task_queue,
         policy=make_policy(**policy),

@@ -8,6 +8,7 @@ a crash or restart, replay rebuilds this state; no recovery code of ours is invo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalWorkflowInput,
         DecisionCommand,
         FetchQuoteInput,
+        GuardianLockNotice,
         LifecycleCommand,
         NotifyInput,
         PostTradeSnapshot,
@@ -77,6 +79,7 @@ class ApprovalWorkflow:
         self._approval: ApprovalRequest | None = None
         self._snapshot: PostTradeSnapshot | None = None
         self._lock = asyncio.Lock()
+        self._guardian: GuardianLockNotice | None = None
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -108,7 +111,7 @@ class ApprovalWorkflow:
                     channel=DecisionChannel.SYSTEM,
                     at=workflow.now(),
                 )
-        else:
+        elif not approval.is_decided:  # decided at once when the Guardian was locked
             notified = asyncio.create_task(self._notify("notify_approval_requested", approval))
             await self._await_decision_or_expiry()
         if self._current.status is TradeStatus.ACCEPTED:
@@ -129,13 +132,14 @@ class ApprovalWorkflow:
         while not self._current.is_decided:
             remaining = expires_at - workflow.now()
             if remaining > timedelta(0):
-                try:
+                with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
-                        lambda: self._current.is_decided, timeout=remaining
+                        lambda: self._current.is_decided or self._guardian is not None,
+                        timeout=remaining,
                     )
-                    return
-                except TimeoutError:
-                    pass
+            if self._guardian is not None:
+                await self._adopt_guardian_rejection(self._guardian)
+                return
             # A decision already under way when the deadline passes is allowed to finish;
             # the lock makes its outcome and the expiry mutually exclusive.
             async with self._lock:
@@ -148,7 +152,27 @@ class ApprovalWorkflow:
                         at=workflow.now(),
                         event_type="hitl.expired",
                     )
-                    await self._notify("notify_approval_expired", self._current)
+                    # (A Guardian lock may have rejected it first; that is no expiry.)
+                    if self._current.decision_reason is DecisionReason.HITL_TIMEOUT:
+                        await self._notify("notify_approval_expired", self._current)
+
+    @workflow.signal
+    def guardian_locked(self, notice: GuardianLockNotice) -> None:
+        """The Guardian locked and rejected this approval: adopt that and end."""
+        self._guardian = notice
+
+    async def _adopt_guardian_rejection(self, notice: GuardianLockNotice) -> None:
+        async with self._lock:
+            if self._current.is_decided:
+                return
+            await self._record(
+                status=TradeStatus.REJECTED,
+                reason=DecisionReason.GUARDIAN_LOCK,
+                by=SYSTEM_ACTOR,
+                channel=DecisionChannel.SYSTEM,
+                at=notice.locked_at,
+                comment=f"Guardian locked by {notice.locked_by}: {notice.reason}",
+            )
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -179,6 +203,10 @@ class ApprovalWorkflow:
             )
         if command.channel is DecisionChannel.SYSTEM:
             _fail(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
+        if self._guardian is not None and not (
+            self._approval is not None and self._approval.is_decided
+        ):
+            _fail(ErrorCode.GUARDIAN_LOCKED, f"the Guardian is locked: {self._guardian.reason}")
         if command.not_after is not None and workflow.now() > command.not_after:
             _fail(ErrorCode.SERVICE_UNAVAILABLE, "the decision arrived after its caller gave up")
         approval = self._approval
@@ -312,6 +340,12 @@ class ApprovalWorkflow:
             retry_policy=DB_RETRY,
         )
         self._approval = result.approval
+        if result.guardian_blocked and by != SYSTEM_ACTOR:
+            _fail(
+                ErrorCode.GUARDIAN_LOCKED,
+                "the Guardian is locked; the approval was rejected",
+                result.approval.to_dict(),
+            )
         if result.integrity_failure:
             await workflow.execute_activity_method(
                 NotificationActivities.notify_security_alert,

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -30,11 +31,15 @@ from hitl.messages import (
     ApprovalPolicy,
     ApprovalWorkflowInput,
     DecisionCommand,
+    GuardianCommand,
+    GuardianStatus,
     LifecycleCommand,
+    guardian_workflow_id,
     workflow_id_for,
 )
 from hitl.models import ApprovalRequest, Decision, TradeProposal
 from workflows.approval import ApprovalWorkflow
+from workflows.guardian import GuardianWorkflow
 
 _UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
@@ -229,3 +234,38 @@ class ApprovalClient:
         return ApprovalHandle(
             self._client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id_for(trade_id))
         )
+
+
+class GuardianClient:
+    """Locks and unlocks the Guardian through its workflow (started on first use)."""
+
+    def __init__(self, client: Client, *, task_queue: str = "hitl-approvals") -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def lock(self, command: GuardianCommand) -> GuardianStatus:
+        """Lock; returns once acknowledged (every pending approval already rejected)."""
+        return await self._update(GuardianWorkflow.lock, command)
+
+    async def unlock(self, command: GuardianCommand) -> GuardianStatus:
+        """Unlock."""
+        return await self._update(GuardianWorkflow.unlock, command)
+
+    async def _update(self, update: Any, command: GuardianCommand) -> GuardianStatus:
+        start = WithStartWorkflowOperation(
+            GuardianWorkflow.run,
+            id=guardian_workflow_id(self._task_queue),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        try:
+            status: GuardianStatus = await self._client.execute_update_with_start_workflow(
+                update, command, start_workflow_operation=start
+            )
+            return status
+        except WorkflowUpdateFailedError as exc:
+            raise _error_from_failure(exc) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise HITLError(ErrorCode.SERVICE_UNAVAILABLE, "no answer from the Guardian") from exc
+        except RPCError as exc:
+            raise ApprovalHandle._rpc_error(exc) from exc

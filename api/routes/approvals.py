@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter
@@ -20,6 +17,7 @@ from api.deps import (
     SessionDep,
 )
 from api.errors import responses
+from api.guardian import refuse_if_locked
 from api.queries import approval_detail, pending_approvals
 from api.schemas import (
     ApprovalDetail,
@@ -38,8 +36,6 @@ from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposa
 
 router = APIRouter(prefix="/api/hitl", tags=["approvals"])
 
-T = TypeVar("T")
-
 _DECISION_ERRORS = (
     ErrorCode.UNAUTHENTICATED,
     ErrorCode.UNAUTHORISED_OPERATOR,
@@ -51,17 +47,6 @@ _DECISION_ERRORS = (
     ErrorCode.INTEGRITY_FAILURE,
     ErrorCode.MARKET_DATA_UNAVAILABLE,
 )
-
-
-async def _bounded(services: Services, call: Awaitable[T]) -> T:
-    """Never hang on Temporal: past the configured time the caller gets 503 (SEC-070)."""
-    try:
-        return await asyncio.wait_for(call, services.settings.api.decision_timeout_seconds)
-    except TimeoutError:
-        raise HITLError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "no answer from the approval workflow in time; is a worker running?",
-        ) from None
 
 
 @router.post(
@@ -78,20 +63,21 @@ async def create_request(
     body: CreateApprovalBody,
     bot: BotDep,
     services: ServicesDep,
+    session: SessionDep,
     correlation_id: CorrelationIdDep,
 ) -> CreatedApproval:
     """Start the approval of a proposed trade; it waits for an operator until it expires."""
+    await refuse_if_locked(session)
     proposal = TradeProposal(
         **body.model_dump(exclude={"correlation_id"}),
         correlation_id=body.correlation_id or correlation_id,
     )
-    handle = await _bounded(
-        services,
+    handle = await services.bounded(
         services.approvals.request_approval(
             proposal, requested_by=bot.id, policy=services.settings.policy()
         ),
     )
-    approval = await _bounded(services, handle.recorded())
+    approval = await services.bounded(handle.recorded())
     return CreatedApproval(
         trade_id=approval.trade_id,
         status=approval.status,
@@ -143,6 +129,8 @@ async def _decide(
     try:
         if refusal is not None:
             raise HITLError(ErrorCode.UNAUTHORISED_OPERATOR, refusal)
+        async with services.sessions() as session:
+            await refuse_if_locked(session)
         timeout = services.settings.api.decision_timeout_seconds
         command = DecisionCommand(
             operator_id=operator.id,
@@ -153,7 +141,7 @@ async def _decide(
         )
         handle = services.approvals.approval(trade_id)
         call = handle.approve(command) if decision is Decision.APPROVE else handle.reject(command)
-        return await _bounded(services, call)
+        return await services.bounded(call)
     except HITLError as exc:
         if exc.error is ErrorCode.UNAUTHORISED_OPERATOR:
             await services.audit(
@@ -235,7 +223,7 @@ async def _advance(
         correlation_id=correlation_id,
         details=body.details if body else {},
     )
-    approval = await _bounded(services, services.approvals.approval(trade_id).advance(command))
+    approval = await services.bounded(services.approvals.approval(trade_id).advance(command))
     return DecisionResult.of(approval)
 
 

@@ -48,6 +48,7 @@ def api_settings(
 ) -> Settings:
     """Settings for the app under test."""
     base = load_settings()
+    api.setdefault("rate_limit", "1000/second")  # tests that want a limit set their own
     return Settings(
         hitl=HITLSettings(
             allowed_operators=frozenset({"alice", "bob"}), timeout_seconds=timeout_seconds

@@ -41,7 +41,7 @@ SQLITE_GUARDS = {
 }
 
 T = TypeVar("T")
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["empty_postgres_url", "empty_sqlite_url"], ids=["postgresql", "sqlite"])

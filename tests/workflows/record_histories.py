@@ -19,10 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 from hitl.db import create_engine, session_factory
 from hitl.errors import HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
-from hitl.models import DecisionChannel, TradeStatus
+from hitl.models import ApprovalRequest, DecisionChannel, TradeStatus
 from migrations.runner import upgrade_to_head
 from tests.temporal_fixtures import BIN, make_proposal, start_gateway
-from workflows.approval import ApprovalWorkflow
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 
@@ -78,7 +77,7 @@ async def _record() -> None:
             await env.sleep(gw.policy.timeout_seconds + 10)
             paths["expire"] = handle.workflow_id
             for name, workflow_id in paths.items():
-                wf = env.client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id)
+                wf = env.client.get_workflow_handle(workflow_id, result_type=ApprovalRequest)
                 await wf.result()
                 history = await wf.fetch_history()
                 (HISTORY_DIR / f"{name}.json").write_text(history.to_json())

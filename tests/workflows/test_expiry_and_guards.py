@@ -20,7 +20,6 @@ from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeS
 from hitl.tables import ApprovalRow
 from tests.temporal_fixtures import Gateway, make_proposal, start_gateway, wait_until
 from tests.workflows.test_approval_paths import audits, command, events, requested, stored
-from workflows.approval import ApprovalWorkflow
 
 
 def sample(name: str, **labels: str) -> float:
@@ -37,8 +36,9 @@ async def skipping_gateway(
 
 
 async def result_of(gw: Gateway, workflow_id: str) -> ApprovalRequest:
-    handle = gw.env.client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id)
-    return await handle.result()
+    handle = gw.env.client.get_workflow_handle(workflow_id, result_type=ApprovalRequest)
+    result: ApprovalRequest = await handle.result()
+    return result
 
 
 async def test_property_7_expired_requests_are_auto_rejected(skipping_gateway: Gateway) -> None:

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.market_data import MarketDataError, MarketDataFailure, SimulatedMarketData
 from hitl.errors import ErrorCode, HITLError
 from hitl.market import MarketQuote
-from hitl.models import DecisionReason, TradeStatus
+from hitl.models import ApprovalRequest, DecisionReason, TradeStatus
 from tests.temporal_fixtures import (
     BIN,
     DEV_SERVER_PRAGMAS,
@@ -28,7 +28,6 @@ from tests.temporal_fixtures import (
     wait_until,
 )
 from tests.workflows.test_approval_paths import command, events, requested, stored
-from workflows.approval import ApprovalWorkflow
 from workflows.client import ApprovalClient
 
 
@@ -179,8 +178,8 @@ async def test_pending_approvals_and_timers_survive_a_dev_server_restart(
         gw.env = WorkflowEnvironment.from_client(client)
         gw.client = ApprovalClient(client, task_queue=gw.task_queue)
         async with gw.new_worker():
-            handle = client.get_workflow_handle_for(
-                ApprovalWorkflow.run, f"approval-{expires_during_outage}"
+            handle = client.get_workflow_handle(
+                f"approval-{expires_during_outage}", result_type=ApprovalRequest
             )
             expired = await asyncio.wait_for(handle.result(), 30)
             assert expired.decision_reason is DecisionReason.HITL_TIMEOUT

@@ -1,0 +1,64 @@
+"""The Guardian kill-switch: admins (or the risk engine's ``guardian`` principal) lock and unlock;
+anyone signed in may read the status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from api.deps import CorrelationIdDep, GuardianDep, ReaderDep, ServicesDep, SessionDep
+from api.errors import responses
+from api.guardian import read_guardian
+from hitl.errors import ErrorCode
+from hitl.messages import GuardianCommand, GuardianStatus
+from hitl.models import FreeText
+
+router = APIRouter(prefix="/api/guardian", tags=["guardian"])
+
+
+class LockBody(BaseModel):
+    """Why trading is halted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: FreeText
+
+
+class UnlockBody(BaseModel):
+    """Why trading may resume (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: FreeText = ""
+
+
+_ERRORS = responses(ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORISED_OPERATOR)
+
+
+@router.get("/status", responses=_ERRORS)
+async def status(_: ReaderDep, session: SessionDep) -> GuardianStatus:
+    """Whether the Guardian is locked, since when, by whom and why."""
+    return await read_guardian(session)
+
+
+@router.post("/lock", responses=_ERRORS)
+async def lock(
+    body: LockBody, by: GuardianDep, services: ServicesDep, correlation_id: CorrelationIdDep
+) -> GuardianStatus:
+    """Lock: when this answers, the lock is in force and every pending approval is rejected."""
+    command = GuardianCommand(reason=body.reason, by=by.id, correlation_id=correlation_id)
+    return await services.bounded(services.guardian.lock(command))
+
+
+@router.post("/unlock", responses=_ERRORS)
+async def unlock(
+    by: GuardianDep,
+    services: ServicesDep,
+    correlation_id: CorrelationIdDep,
+    body: UnlockBody | None = None,
+) -> GuardianStatus:
+    """Unlock: approvals may be decided again."""
+    command = GuardianCommand(
+        reason=body.reason if body else "", by=by.id, correlation_id=correlation_id
+    )
+    return await services.bounded(services.guardian.unlock(command))
