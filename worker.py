@@ -126,7 +126,7 @@ async def main() -> None:
     configure_logging()
     runtime, sdk_metrics_url = _runtime_with_sdk_metrics()
     REGISTRY.register(_SdkMetrics(sdk_metrics_url))
-    start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     client = await connect(settings, runtime)
     engine = create_engine(settings.database_url)
     provider = provider_from_settings(settings.market_data)

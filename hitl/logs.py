@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -19,8 +20,9 @@ def _ensure_required_keys(
     return event_dict
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Route structlog and the standard library (Temporal, uvicorn) through one JSON renderer."""
+def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library (Temporal, uvicorn) through one JSON renderer,
+    one object per line on ``stream`` (stderr by default)."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -34,7 +36,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -48,3 +50,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # uvicorn configures its own plain-text handlers before it builds the app: hand its loggers
+    # back to the root so that they, too, write JSON.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        named = logging.getLogger(name)
+        named.handlers.clear()
+        named.propagate = True

@@ -3,7 +3,7 @@ and the API each expose their own process's values on ``/metrics``."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("hitl_requests_total", "Approval requests recorded.")
 APPROVALS = Counter("hitl_approvals_total", "Approvals that ended ACCEPTED.")
@@ -17,4 +17,8 @@ RESPONSE_LATENCY = Histogram(
 )
 BLOCKED_BY_GUARDIAN = Counter(
     "blocked_by_guardian_total", "Operations refused or rejected because the Guardian was locked."
+)
+PENDING = Gauge(
+    "hitl_pending_approvals",
+    "Approvals awaiting a decision (read from the database when the API is scraped).",
 )

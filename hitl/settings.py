@@ -76,6 +76,8 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HITL_WORKER_", extra="ignore")
 
+    metrics_host: str = "127.0.0.1"
+    """Where the worker serves /metrics; 0.0.0.0 in a container so Prometheus can scrape it."""
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
     max_cached_workflows: Annotated[int, Field(ge=0)] = 1000
 

@@ -8,12 +8,15 @@ from datetime import timedelta
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, SessionDep
+from hitl import metrics as hitl_metrics
+from hitl.models import TradeStatus
+from hitl.tables import ApprovalRow
 
 router = APIRouter(tags=["health"])
 
@@ -56,6 +59,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """This API process's Prometheus metrics."""
+async def metrics(session: SessionDep) -> Response:
+    """This API process's Prometheus metrics, with the pending count read from the database
+    (the one figure every replica agrees on)."""
+    pending = await session.execute(
+        select(func.count())
+        .select_from(ApprovalRow)
+        .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
+    )
+    hitl_metrics.PENDING.set(pending.scalar_one())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -133,6 +133,18 @@ function describeOutcome(approval) {
   }
 }
 
+function verdict(approval) {
+  // The outcome without its author, for sentences that already name who decided.
+  switch (approval.decision_reason) {
+    case "OPERATOR_APPROVED":
+      return "approved";
+    case "OPERATOR_REJECTED":
+      return `rejected${approval.comment ? ` (“${approval.comment}”)` : ""}`;
+    default:
+      return describeOutcome(approval);
+  }
+}
+
 // ---------------------------------------------------------------- messages
 
 function showOutcome(text, kind) {
@@ -171,7 +183,7 @@ function errorText(err, approval) {
   switch (err.code) {
     case "SEC-012":
       return `Not recorded: ${name} was already decided by ${decision?.decided_by ?? "someone else"}` +
-        `${decision ? `: ${describeOutcome(decision)}` : ""}.${ref}`;
+        `${decision ? `: ${verdict(decision)}` : ""}.${ref}`;
     case "SEC-050":
       return `Not executed: the price of ${name} moved beyond the slippage limit since the request, ` +
         `so the request is now rejected.${ref}`;
@@ -356,7 +368,9 @@ function renderGuardian() {
   banner.hidden = !g.locked;
   const parts = [];
   if (g.reason) parts.push(`Reason: ${g.reason}.`);
-  if (g.locked_by) parts.push(`Locked by ${g.locked_by}${g.since ? ` at ${clock(g.since)}` : ""}.`);
+  const by = g.locked_by ?? g.changed_by; // the status model names it changed_by
+  if (by) parts.push(`Locked by ${by}${g.since ? ` at ${clock(g.since)}` : ""}.`);
+  else if (g.since) parts.push(`Locked at ${clock(g.since)}.`);
   $("guardian-detail").textContent = parts.join(" ");
   document.body.classList.toggle("locked", Boolean(g.locked));
   tick();
@@ -401,8 +415,11 @@ function finish(approval, { own = false } = {}) {
     logOutcome(approval, text);
     if (known) announce(`${tradeName(approval)} ${text}; removed from the list.`);
     if (state.dialog?.tradeId === tradeId && !state.dialog.submitting) {
-      const who = approval.decided_by ? `already decided by ${approval.decided_by}` : "no longer awaiting a decision";
-      dialogStatus(`This approval was ${who}: ${text}.`);
+      dialogStatus(
+        approval.decided_by
+          ? `This approval was already decided by ${approval.decided_by}: ${verdict(approval)}.`
+          : `This approval is no longer awaiting a decision: ${text}.`,
+      );
       $("decide-confirm").disabled = true;
       $("decide-cancel").textContent = "Close";
       $("decide-cancel").focus();
@@ -821,6 +838,11 @@ function init() {
   $("sign-out").addEventListener("click", () => signOut());
   $("decide-form").addEventListener("submit", submitDecision);
   $("decide-cancel").addEventListener("click", closeDialog);
+  $("decide-text").addEventListener("input", () => {
+    $("decide-text").removeAttribute("aria-invalid");
+    $("decide-error").textContent = "";
+  });
+  $("token-input").addEventListener("input", () => $("token-input").removeAttribute("aria-invalid"));
   // Escape closes a modal dialog natively; route it through closeDialog to restore focus.
   $("decide-dialog").addEventListener("cancel", (event) => {
     event.preventDefault();
