@@ -1,0 +1,90 @@
+"""Issue and revoke API tokens: ``python -m api.tokens issue alice operator``.
+
+Tokens are printed once and stored only as SHA-256 hashes; a revoked token is kept (revoked_at)
+so the record shows who had access when.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+
+from api.auth import Role, issue_token
+from hitl.db import create_engine, session_factory
+from hitl.errors import ConfigurationError
+from hitl.settings import get_settings
+from hitl.tables import ApiTokenRow
+
+
+async def _issue(url: str, principal: str, role: Role) -> str:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine).begin() as session:
+            return await issue_token(session, principal=principal, role=role)
+    finally:
+        await engine.dispose()
+
+
+async def _revoke(url: str, principal: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine).begin() as session:
+            result = await session.execute(
+                update(ApiTokenRow)
+                .where(ApiTokenRow.principal == principal, ApiTokenRow.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def _list(url: str) -> list[ApiTokenRow]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            rows = await session.execute(select(ApiTokenRow).order_by(ApiTokenRow.id))
+            return list(rows.scalars())
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m api.tokens", description=__doc__)
+    parser.add_argument("--url", help="database URL (default: the settings' DATABASE_URL)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    issue = commands.add_parser("issue", help="issue a new token and print it once")
+    issue.add_argument("principal")
+    issue.add_argument("role", choices=[role.value for role in Role])
+    revoke = commands.add_parser("revoke", help="revoke every active token of a principal")
+    revoke.add_argument("principal")
+    commands.add_parser("list", help="list tokens (never their values)")
+    args = parser.parse_args(argv)
+    try:
+        url = args.url or get_settings().database_url
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "issue":
+        print(asyncio.run(_issue(url, args.principal, Role(args.role))))
+    elif args.command == "revoke":
+        count = asyncio.run(_revoke(url, args.principal))
+        print(f"revoked {count} token(s) of {args.principal}")
+        return 0 if count else 1
+    else:
+        for row in asyncio.run(_list(url)):
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            print(
+                f"{row.id}\t{row.principal}\t{row.role}\t{row.created_at:%Y-%m-%d %H:%M}\t{state}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Tokens issued and revoked by the command-line tool authenticate (and stop) through HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from hitl.tables import ApiTokenRow
+from tests.api.conftest import Api
+
+
+def tokens_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api.tokens", "--url", url, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
+
+
+async def test_issued_token_works_until_revoked(api: Api) -> None:
+    url = api.settings.database_url
+    issued = await asyncio.to_thread(tokens_cli, url, "issue", "dana", "operator")
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip()
+    assert len(token) >= 32
+    async with api.gw.sessions() as session:
+        [row] = (
+            await session.execute(select(ApiTokenRow).where(ApiTokenRow.principal == "dana"))
+        ).scalars()
+        assert row.token_hash != token  # only the hash is stored
+        assert token not in row.token_hash
+    headers = {"Authorization": f"Bearer {token}"}
+    # dana is an operator by role but not on HITL_ALLOWED_OPERATORS: authenticated, then 403.
+    status = await api.http.get("/api/guardian/status", headers=headers)
+    assert status.status_code == 200
+    revoked = await asyncio.to_thread(tokens_cli, url, "revoke", "dana")
+    assert revoked.returncode == 0, revoked.stderr
+    after = await api.http.get("/api/guardian/status", headers=headers)
+    assert after.status_code == 401
+    assert after.json()["error_code"] == "SEC-001"
+    listing = await asyncio.to_thread(tokens_cli, url, "list")
+    assert "dana\toperator" in listing.stdout
+    assert "revoked" in listing.stdout
+    assert token not in listing.stdout
