@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo test lint pytest clean
+.PHONY: install run demo discord-bot bench test lint pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: install
 
 demo: install
 	$(BIN)/python -m hitl.run --demo
+
+# The Discord bot (docs/discord.md): needs DISCORD_BOT_TOKEN and DISCORD_OPERATORS, and a running
+# gateway (`make run`) for Temporal and the database.
+discord-bot: install
+	$(BIN)/python -m discord_bot
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,9 +19,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
 from activities.market_data import MarketDataProvider, provider_from_settings
-from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
+from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from activities.quotes import MarketDataActivities
 from hitl.db import create_engine, session_factory
@@ -131,29 +132,32 @@ async def main() -> None:
     engine = create_engine(settings.database_url)
     provider = provider_from_settings(settings.market_data)
     sessions = session_factory(engine)
-    worker = build_worker(
-        client,
-        task_queue=settings.temporal.task_queue,
-        activities=activities_for(
-            sessions=sessions, provider=provider, notifier=ConsoleNotifier(), client=client
-        ),
-        max_cached_workflows=settings.worker.max_cached_workflows,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "worker started",
-        correlation_id="-",
-        actor="worker",
-        action="worker.start",
-        result="ok",
-        task_queue=settings.temporal.task_queue,
-        metrics_port=settings.worker.metrics_port,
-    )
-    async with worker:
-        await stop.wait()
+    # Discord when DISCORD_BOT_TOKEN is set, the console otherwise; closed after the worker.
+    async with notifier_from_settings(settings, sessions) as notifier:
+        worker = build_worker(
+            client,
+            task_queue=settings.temporal.task_queue,
+            activities=activities_for(
+                sessions=sessions, provider=provider, notifier=notifier, client=client
+            ),
+            max_cached_workflows=settings.worker.max_cached_workflows,
+        )
+        log.info(
+            "worker started",
+            correlation_id="-",
+            actor="worker",
+            action="worker.start",
+            result="ok",
+            task_queue=settings.temporal.task_queue,
+            metrics_port=settings.worker.metrics_port,
+            notifier=type(notifier).__name__,
+        )
+        async with worker:
+            await stop.wait()
     await provider.aclose()
     await engine.dispose()
     log.info(

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.correlation import CorrelationIdMiddleware, current_correlation_id
 from api.errors import ErrorBody
-from api.routes import approvals, events, guardian, health
+from api.routes import approvals, deep_links, events, guardian, health, page
 from api.services import Services
 from hitl.errors import ErrorCode, HITLError
 from hitl.logs import configure_logging
@@ -119,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(approvals.router)
     app.include_router(guardian.router)
+    app.include_router(deep_links.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(page.router)
     return app

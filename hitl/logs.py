@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TextIO
 
@@ -20,6 +21,20 @@ def _ensure_required_keys(
     return event_dict
 
 
+_SECRET_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+
+
+def _redact_secrets(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    # uvicorn logs request paths, and a browser's WebSocket or a deep link carries its token
+    # in the query string: never write one to a log.
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "token=" in value:
+            event_dict[key] = _SECRET_IN_URL.sub(r"\1[redacted]", value)
+    return event_dict
+
+
 def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (Temporal, uvicorn) through one JSON renderer,
     one object per line on ``stream`` (stderr by default)."""
@@ -29,6 +44,7 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _ensure_required_keys,
+        _redact_secrets,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -100,7 +100,8 @@ class ApiSettings(BaseSettings):
 class DiscordSettings(BaseSettings):
     """The Discord bot and notifier (``DISCORD_*``); without a token, the console notifier."""
 
-    model_config = SettingsConfigDict(env_prefix="DISCORD_", extra="ignore")
+    # Compose passes unset variables as "": read them as unset (no Discord), not as invalid.
+    model_config = SettingsConfigDict(env_prefix="DISCORD_", extra="ignore", env_ignore_empty=True)
 
     bot_token: SecretStr = SecretStr("")
     channel_id: int | None = None

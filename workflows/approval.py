@@ -241,6 +241,8 @@ class ApprovalWorkflow:
                 return approval
             if received_at >= approval.expires_at:
                 _fail(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+            # The decision's own request keeps its correlation id in the audit trail.
+            request = {"request_correlation_id": command.correlation_id}
             if decision is Decision.REJECT:
                 return await self._record(
                     status=TradeStatus.REJECTED,
@@ -249,6 +251,7 @@ class ApprovalWorkflow:
                     channel=command.channel,
                     comment=command.comment,
                     at=received_at,
+                    audit_payload=request,
                 )
             quote = await self._quote(approval.instrument, command.correlation_id)
             current_price = quote.execution_price(approval.side)
@@ -271,7 +274,7 @@ class ApprovalWorkflow:
                     comment=command.comment,
                     at=received_at,
                     error_code=ErrorCode.SLIPPAGE_EXCEEDED.code,
-                    audit_payload={"market": market},
+                    audit_payload={"market": market, **request},
                 )
                 _fail(
                     ErrorCode.SLIPPAGE_EXCEEDED,
@@ -285,7 +288,7 @@ class ApprovalWorkflow:
                 channel=command.channel,
                 comment=command.comment,
                 at=received_at,
-                audit_payload={"market": market},
+                audit_payload={"market": market, **request},
             )
 
     async def _quote(self, instrument: str, correlation_id: str) -> MarketQuote:

@@ -1,0 +1,1 @@
+"""Deployment files: Compose, Dockerfile, Prometheus and Grafana, checked without Docker."""
