@@ -57,6 +57,7 @@ def activities_for(
         persistence.record_snapshot,
         notifications.notify_approval_requested,
         notifications.notify_approval_expired,
+        notifications.notify_approval_decided,
         notifications.notify_security_alert,
         notifications.notify_guardian_cascade,
         market.fetch_quote,

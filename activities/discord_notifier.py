@@ -416,6 +416,14 @@ class DiscordNotifier:
                 message=message,
             )
 
+    async def approval_decided(self, approval: ApprovalRequest) -> None:
+        """A decision made elsewhere (API, page): show it on the approval message and take the
+        buttons off. Editing twice shows the same thing, so retries need no record."""
+        async with self._attempt("approval_decided", approval.correlation_id):
+            original = await self.posted(_key(approval.trade_id, "approval_requested"))
+            if original is not None:
+                await self._show_outcome(await self._channel(), original, approval)
+
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Post the alert."""
         event = f"security_alert:{alert.error_code}"

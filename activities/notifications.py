@@ -26,6 +26,9 @@ class Notifier(Protocol):
     async def approval_expired(self, approval: ApprovalRequest) -> None:
         """An approval timed out and was rejected."""
 
+    async def approval_decided(self, approval: ApprovalRequest) -> None:
+        """An approval was decided outside the notifier's own channel (API, page)."""
+
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Something failed an integrity check."""
 
@@ -81,6 +84,19 @@ class ConsoleNotifier:
             detail=alert.message,
         )
 
+    async def approval_decided(self, approval: ApprovalRequest) -> None:
+        """Log the decision."""
+        log.info(
+            "approval decided",
+            correlation_id=approval.correlation_id,
+            actor=approval.decided_by,
+            action="notify.approval_decided",
+            result=approval.status.value,
+            trade_id=str(approval.trade_id),
+            decision_reason=approval.decision_reason,
+            channel=approval.decision_channel,
+        )
+
     async def guardian_cascade(self, summary: GuardianCascadeSummary) -> None:
         """Log the cascade summary."""
         log.warning(
@@ -109,6 +125,11 @@ class NotificationActivities:
     async def notify_approval_expired(self, data: NotifyInput) -> None:
         """Tell operators an approval timed out."""
         await self._notifier.approval_expired(data.approval)
+
+    @activity.defn(name="notify_approval_decided")
+    async def notify_approval_decided(self, data: NotifyInput) -> None:
+        """Tell operators how an approval was decided (so no button waits on it)."""
+        await self._notifier.approval_decided(data.approval)
 
     @activity.defn(name="notify_security_alert")
     async def notify_security_alert(self, data: SecurityAlertInput) -> None:

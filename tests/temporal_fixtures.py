@@ -42,6 +42,7 @@ class RecordingNotifier:
 
     requested: list[ApprovalRequest] = field(default_factory=list)
     expired: list[ApprovalRequest] = field(default_factory=list)
+    decided: list[ApprovalRequest] = field(default_factory=list)
     alerts: list[SecurityAlertInput] = field(default_factory=list)
     cascades: list[GuardianCascadeSummary] = field(default_factory=list)
 
@@ -52,6 +53,10 @@ class RecordingNotifier:
     async def approval_expired(self, approval: ApprovalRequest) -> None:
         """Record a timeout notification."""
         self.expired.append(approval)
+
+    async def approval_decided(self, approval: ApprovalRequest) -> None:
+        """Record a decision notice."""
+        self.decided.append(approval)
 
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Record a security alert."""

@@ -80,6 +80,9 @@ class ApprovalWorkflow:
         self._snapshot: PostTradeSnapshot | None = None
         self._lock = asyncio.Lock()
         self._guardian: GuardianLockNotice | None = None
+        self._notices: list[asyncio.Task[None]] = []
+        self._recorded_by: str | None = None
+        """The id of the update whose decision was recorded, if an update's was."""
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -119,6 +122,7 @@ class ApprovalWorkflow:
             await workflow.wait_condition(lambda: self._current.status in TERMINAL_STATES)
         if notified is not None:
             await notified
+        await asyncio.gather(*self._notices)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._current
 
@@ -232,6 +236,28 @@ class ApprovalWorkflow:
             )
 
     async def _decide(self, command: DecisionCommand, decision: Decision) -> ApprovalRequest:
+        try:
+            return await self._apply_decision(command, decision)
+        finally:
+            approval = self._approval
+            update = workflow.current_update_info()
+            # Only the update that recorded the decision sends the notice; histories recorded
+            # before this notice existed replay without it.
+            if (
+                update is not None
+                and self._recorded_by == update.id
+                and approval is not None
+                and approval.decision_channel is not DecisionChannel.DISCORD
+                and approval.decision_reason is not DecisionReason.GUARDIAN_LOCK
+                and workflow.patched("notify-approval-decided")
+            ):
+                self._notices.append(
+                    asyncio.create_task(self._notify("notify_approval_decided", approval))
+                )
+
+    async def _apply_decision(
+        self, command: DecisionCommand, decision: Decision
+    ) -> ApprovalRequest:
         received_at = workflow.now()
         await workflow.wait_condition(lambda: self._approval is not None)
         async with self._lock:
@@ -343,6 +369,9 @@ class ApprovalWorkflow:
             retry_policy=DB_RETRY,
         )
         self._approval = result.approval
+        update = workflow.current_update_info()
+        if update is not None and result.approval.is_decided:
+            self._recorded_by = update.id
         if result.guardian_blocked and by != SYSTEM_ACTOR:
             _fail(
                 ErrorCode.GUARDIAN_LOCKED,

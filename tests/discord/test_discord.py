@@ -327,6 +327,25 @@ async def test_button_click_decides_end_to_end(
     assert len(rig.fake.channel_messages()) == 1
 
 
+async def test_a_decision_made_on_the_page_takes_the_buttons_off(rig: Rig) -> None:
+    approval, message = await rig.request()
+    edit_path = f"/channels/{message['channel_id']}/messages/{message['id']}"
+    decided = await rig.approvals.approval(approval.trade_id).approve(
+        DecisionCommand(
+            operator_id="alice",
+            channel=DecisionChannel.WEB,
+            comment="from the page",
+            correlation_id="corr-page",
+        )
+    )
+    await wait_until(lambda: rig.fake.requests("PATCH", edit_path))
+    edited = rig.fake.messages[int(message["id"])]
+    assert edited["components"] == []
+    assert edited["embeds"][0]["title"] == f"{decided.status.value}: BUY EUR/USD"
+    assert fields(edited)["Decided by"] == "alice via WEB"
+    assert len(rig.fake.channel_messages()) == 1
+
+
 @pytest.mark.parametrize(
     ("user_id", "actor", "first_answer"),
     [(MALLORY, f"discord:{MALLORY}", CHANNEL_MESSAGE), (CAROL, "carol", DEFERRED_CHANNEL_MESSAGE)],

@@ -214,3 +214,21 @@ async def test_second_request_for_the_same_trade_is_refused(gateway: Gateway) ->
     with pytest.raises(HITLError) as raised:
         await gateway.client.request_approval(proposal, requested_by="bot-1", policy=gateway.policy)
     assert raised.value.error is ErrorCode.DUPLICATE_REQUEST
+
+
+async def test_operators_are_told_of_a_decision_made_outside_discord(gateway: Gateway) -> None:
+    api_trade, _ = await requested(gateway)
+    discord_trade, _ = await requested(gateway)
+    race_trade, _ = await requested(gateway)
+    await gateway.client.approval(api_trade).approve(command("alice", DecisionChannel.WEB))
+    await gateway.client.approval(discord_trade).reject(command("bob", DecisionChannel.DISCORD))
+    handle = gateway.client.approval(race_trade)
+    await asyncio.gather(
+        handle.approve(command("alice")), handle.reject(command("bob")), return_exceptions=True
+    )
+    # The Discord bot shows its own decisions; the others are sent once each, race or not.
+    await wait_until(lambda: len(gateway.notifier.decided) >= 2)
+    await asyncio.sleep(0.3)
+    assert sorted(str(a.trade_id) for a in gateway.notifier.decided) == sorted(
+        [str(api_trade), str(race_trade)]
+    )
