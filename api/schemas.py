@@ -12,16 +12,13 @@ from pydantic import BaseModel, ConfigDict
 from hitl.messages import PostTradeSnapshot
 from hitl.models import (
     ApprovalRequest,
-    Confidence,
     CorrelationId,
     DecisionChannel,
     DecisionReason,
     FreeText,
-    Instrument,
-    Percent,
-    Price,
     PrincipalId,
     Side,
+    TradeProposal,
     TradeStatus,
 )
 
@@ -31,17 +28,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateApprovalBody(_Body):
-    """The bot's proposal."""
+class CreateApprovalBody(TradeProposal):
+    """The bot's proposal; unknown fields are refused."""
 
-    trade_id: UUID
-    instrument: Instrument
-    side: Side
-    risk_pct: Percent
-    confidence: Confidence
-    request_price: Price
-    reasoning_summary: FreeText
-    correlation_id: CorrelationId | None = None
+    correlation_id: CorrelationId | None = None  # type: ignore[assignment]
     """Defaults to the request's X-Correlation-ID (or a new one)."""
 
 

@@ -110,17 +110,9 @@ class TradeProposal(_Frozen):
     correlation_id: CorrelationId
 
 
-class ApprovalRequest(_Frozen):
+class ApprovalRequest(TradeProposal):
     """The stored approval record: the proposal, its state, its decision and its row hash."""
 
-    trade_id: UUID
-    instrument: Instrument
-    side: Side
-    risk_pct: Percent
-    confidence: Confidence
-    request_price: Price
-    reasoning_summary: FreeText
-    correlation_id: CorrelationId
     status: TradeStatus
     requested_at: UtcDatetime
     expires_at: UtcDatetime

@@ -9,6 +9,7 @@ The API uses it, and so can a bot in Python::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -82,29 +83,11 @@ class ApprovalHandle:
 
     async def recorded(self) -> ApprovalRequest:
         """Wait until the request is stored (its deadline set) and return it."""
-        try:
-            return await self._handle.execute_update(ApprovalWorkflow.recorded)
-        except WorkflowUpdateFailedError as exc:
-            raise _error_from_failure(exc) from exc
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
-                final = await self._completed_result()
-                if final is not None:
-                    return final
-            raise self._rpc_error(exc) from exc
+        return await self._update(ApprovalWorkflow.recorded, None, lambda final: final)
 
     async def outcome(self) -> ApprovalRequest:
         """Wait until the approval is decided (or expires) and return it."""
-        try:
-            return await self._handle.execute_update(ApprovalWorkflow.decision)
-        except WorkflowUpdateFailedError as exc:
-            raise _error_from_failure(exc) from exc
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
-                final = await self._completed_result()
-                if final is not None:
-                    return final
-            raise self._rpc_error(exc) from exc
+        return await self._update(ApprovalWorkflow.decision, None, lambda final: final)
 
     async def approve(self, command: DecisionCommand) -> ApprovalRequest:
         """Approve; returns the final record or raises HITLError (SEC-050, SEC-012, ...)."""
@@ -116,28 +99,41 @@ class ApprovalHandle:
 
     async def advance(self, command: LifecycleCommand) -> ApprovalRequest:
         """Report FILLED, CLOSED or SETTLED; raises HITLError SEC-030 for anything else."""
-        try:
-            return await self._handle.execute_update(ApprovalWorkflow.advance, command)
-        except WorkflowUpdateFailedError as exc:
-            raise _error_from_failure(exc) from exc
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
-                final = await self._completed_result()
-                if final is not None:
-                    if final.status is command.target:
-                        return final
-                    raise HITLError(
-                        ErrorCode.INVALID_TRANSITION,
-                        f"{final.status.value} cannot become {command.target.value}",
-                        approval=final,
-                    ) from exc
-            raise self._rpc_error(exc) from exc
+
+        def when_completed(final: ApprovalRequest) -> ApprovalRequest:
+            if final.status is command.target:
+                return final
+            raise HITLError(
+                ErrorCode.INVALID_TRANSITION,
+                f"{final.status.value} cannot become {command.target.value}",
+                approval=final,
+            )
+
+        return await self._update(ApprovalWorkflow.advance, command, when_completed)
 
     async def _decide(
         self, update: Any, command: DecisionCommand, decision: Decision
     ) -> ApprovalRequest:
+        def when_completed(final: ApprovalRequest) -> ApprovalRequest:
+            # Answer with the standing decision, exactly as the workflow would have.
+            refusal = refusal_for_decided(final, operator_id=command.operator_id, decision=decision)
+            if refusal is None:
+                return final
+            raise HITLError(refusal, f"already {final.status.value}", approval=final)
+
+        return await self._update(update, command, when_completed)
+
+    async def _update(
+        self,
+        update: Any,
+        argument: object,
+        when_completed: Callable[[ApprovalRequest], ApprovalRequest],
+    ) -> ApprovalRequest:
+        """Run an Update; failures become HITLErrors. An Update sent to a workflow that has
+        completed comes back NOT_FOUND: ``when_completed`` answers from its final record."""
+        args = [] if argument is None else [argument]
         try:
-            result: ApprovalRequest = await self._handle.execute_update(update, command)
+            result: ApprovalRequest = await self._handle.execute_update(update, args=args)
             return result
         except WorkflowUpdateFailedError as exc:
             raise _error_from_failure(exc) from exc
@@ -146,19 +142,10 @@ class ApprovalHandle:
                 ErrorCode.SERVICE_UNAVAILABLE, f"no answer from the workflow ({exc.__cause__!r})"
             ) from exc
         except RPCError as exc:
-            # An Update sent to a completed workflow is NOT_FOUND: answer with the standing
-            # decision, exactly as the workflow would have.
             if exc.status is RPCStatusCode.NOT_FOUND:
                 final = await self._completed_result()
                 if final is not None:
-                    refusal = refusal_for_decided(
-                        final, operator_id=command.operator_id, decision=decision
-                    )
-                    if refusal is None:
-                        return final
-                    raise HITLError(
-                        refusal, f"already {final.status.value}", approval=final
-                    ) from exc
+                    return when_completed(final)
             raise self._rpc_error(exc) from exc
 
     async def _completed_result(self) -> ApprovalRequest | None:

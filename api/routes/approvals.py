@@ -208,77 +208,29 @@ _LIFECYCLE_ERRORS = responses(
 )
 
 
-async def _advance(
-    services: Services,
-    *,
-    trade_id: UUID,
-    bot: Principal,
-    target: TradeStatus,
-    body: LifecycleBody | None,
-    correlation_id: str,
-) -> DecisionResult:
-    command = LifecycleCommand(
-        target=target,
-        reported_by=bot.id,
-        correlation_id=correlation_id,
-        details=body.details if body else {},
-    )
-    approval = await services.bounded(services.approvals.approval(trade_id).advance(command))
-    return DecisionResult.of(approval)
+def _lifecycle_route(step: str, target: TradeStatus, summary: str) -> None:
+    """Register ``POST /{trade_id}/<step>``: the bot reports the trade reached ``target``."""
+
+    async def report(
+        trade_id: UUID,
+        bot: BotDep,
+        services: ServicesDep,
+        correlation_id: CorrelationIdDep,
+        body: LifecycleBody | None = None,
+    ) -> DecisionResult:
+        command = LifecycleCommand(
+            target=target,
+            reported_by=bot.id,
+            correlation_id=correlation_id,
+            details=body.details if body else {},
+        )
+        handle = services.approvals.approval(trade_id)
+        return DecisionResult.of(await services.bounded(handle.advance(command)))
+
+    report.__doc__ = summary
+    router.post(f"/{{trade_id}}/{step}", responses=_LIFECYCLE_ERRORS, name=step)(report)
 
 
-@router.post("/{trade_id}/fill", responses=_LIFECYCLE_ERRORS)
-async def fill(
-    trade_id: UUID,
-    bot: BotDep,
-    services: ServicesDep,
-    correlation_id: CorrelationIdDep,
-    body: LifecycleBody | None = None,
-) -> DecisionResult:
-    """The accepted trade was filled."""
-    return await _advance(
-        services,
-        trade_id=trade_id,
-        bot=bot,
-        target=TradeStatus.FILLED,
-        body=body,
-        correlation_id=correlation_id,
-    )
-
-
-@router.post("/{trade_id}/close", responses=_LIFECYCLE_ERRORS)
-async def close(
-    trade_id: UUID,
-    bot: BotDep,
-    services: ServicesDep,
-    correlation_id: CorrelationIdDep,
-    body: LifecycleBody | None = None,
-) -> DecisionResult:
-    """The filled position was closed."""
-    return await _advance(
-        services,
-        trade_id=trade_id,
-        bot=bot,
-        target=TradeStatus.CLOSED,
-        body=body,
-        correlation_id=correlation_id,
-    )
-
-
-@router.post("/{trade_id}/settle", responses=_LIFECYCLE_ERRORS)
-async def settle(
-    trade_id: UUID,
-    bot: BotDep,
-    services: ServicesDep,
-    correlation_id: CorrelationIdDep,
-    body: LifecycleBody | None = None,
-) -> DecisionResult:
-    """The closed trade settled; its workflow ends."""
-    return await _advance(
-        services,
-        trade_id=trade_id,
-        bot=bot,
-        target=TradeStatus.SETTLED,
-        body=body,
-        correlation_id=correlation_id,
-    )
+_lifecycle_route("fill", TradeStatus.FILLED, "The accepted trade was filled.")
+_lifecycle_route("close", TradeStatus.CLOSED, "The filled position was closed.")
+_lifecycle_route("settle", TradeStatus.SETTLED, "The closed trade settled; its workflow ends.")
