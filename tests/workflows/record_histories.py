@@ -1,7 +1,9 @@
 """Records the JSON histories the replay tests run over.
 
-Run again only on purpose, when a workflow change is meant to be incompatible with running
-approvals (and then with a versioning plan): ``python -m tests.workflows.record_histories``.
+``python -m tests.workflows.record_histories TAG`` records every path as ``<path>-<TAG>.json``
+beside the histories already committed, which it never overwrites: the old ones keep proving
+that today's code still replays what older code wrote (see ``workflow.patched`` in the
+workflows), the new ones cover what the code does now.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -18,15 +21,28 @@ from temporalio.testing import WorkflowEnvironment
 
 from hitl.db import create_engine, session_factory
 from hitl.errors import HITLError
-from hitl.messages import DecisionCommand, LifecycleCommand
+from hitl.messages import (
+    DecisionCommand,
+    GuardianCommand,
+    LifecycleCommand,
+    guardian_workflow_id,
+)
 from hitl.models import ApprovalRequest, DecisionChannel, TradeStatus
 from migrations.runner import upgrade_to_head
 from tests.temporal_fixtures import BIN, make_proposal, start_gateway
+from workflows.client import GuardianClient
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 
 
-async def _record() -> None:
+def _write(name: str, text: str) -> None:
+    path = HISTORY_DIR / f"{name}.json"
+    if path.exists():
+        raise SystemExit(f"{path} exists; histories are never overwritten (pick another tag)")
+    path.write_text(text)
+
+
+async def _record(tag: str) -> None:
     os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
@@ -76,14 +92,27 @@ async def _record() -> None:
             )
             await env.sleep(gw.policy.timeout_seconds + 10)
             paths["expire"] = handle.workflow_id
+            # a Guardian lock rejects a pending approval, which adopts the rejection
+            proposal = make_proposal(gw.market, "XRP-USD")
+            handle = await gw.client.request_approval(
+                proposal, requested_by="bot", policy=gw.policy
+            )
+            await handle.recorded()
+            guardian = GuardianClient(env.client, task_queue=gw.task_queue)
+            await guardian.lock(GuardianCommand(reason="drawdown", by="admin", correlation_id="c"))
+            paths["guardian"] = handle.workflow_id
             for name, workflow_id in paths.items():
                 wf = env.client.get_workflow_handle(workflow_id, result_type=ApprovalRequest)
                 await wf.result()
                 history = await wf.fetch_history()
-                (HISTORY_DIR / f"{name}.json").write_text(history.to_json())
+                _write(f"{name}-{tag}", history.to_json())
+            await guardian.unlock(GuardianCommand(by="admin", correlation_id="c"))
+            # The Guardian workflow runs on: its history so far.
+            running = env.client.get_workflow_handle(guardian_workflow_id(gw.task_queue))
+            _write(f"guardian-workflow-{tag}", (await running.fetch_history()).to_json())
         await engine.dispose()
     await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(_record())
+    asyncio.run(_record(sys.argv[1] if len(sys.argv) > 1 else "new"))

@@ -12,12 +12,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from workflows.approval import ApprovalWorkflow
+from workflows.guardian import GuardianWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_every_path_has_a_history() -> None:
-    assert {p.stem for p in HISTORIES} >= {"approve", "reject", "slippage", "expire"}
+    stems = {p.stem for p in HISTORIES}
+    assert stems >= {"approve", "reject", "slippage", "expire"}  # the first workflow code's
+    assert stems >= {f"{path}-v2" for path in ("approve", "reject", "slippage", "expire")}
+    assert stems >= {"guardian-v2", "guardian-workflow-v2"}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -26,6 +30,8 @@ async def test_history_replays_without_nondeterminism(path: Path) -> None:
     workflow_id = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"].get(
         "workflowId", path.stem
     )
-    replayer = Replayer(workflows=[ApprovalWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ApprovalWorkflow, GuardianWorkflow], data_converter=pydantic_data_converter
+    )
     result = await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, text))
     assert result.replay_failure is None
