@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -391,7 +392,10 @@ async def test_clicker_is_told_of_slippage_and_of_a_standing_decision(rig: Rig) 
 
     slipped_answer = await rig.answer(slipped)
     stale_answer = await rig.answer(stale)
-    await wait_until(lambda: len(rig.fake.requests("PATCH", MESSAGES + r"/\d+")) == 2)
+    # Both messages are edited: by the bot after each click, and (bob's decision was made
+    # outside Discord) by the worker's decision notice too.
+    for path in (f"{MESSAGES}/{m['id']}" for m in (moved_message, decided_message)):
+        await wait_until(partial(rig.fake.requests, "PATCH", path))
 
     assert ErrorCode.SLIPPAGE_EXCEEDED.code in slipped_answer["content"]
     assert "REJECTED" in slipped_answer["content"]
