@@ -1,9 +1,10 @@
 """``make run``: the whole gateway on embedded defaults, as a supervisor of child processes.
 
 ``python -m hitl.run [--demo]`` prepares the data folder and development defaults, migrates the
-database, starts the Temporal dev server (unless ``TEMPORAL_ADDRESS`` already answers), the worker
-and the API, waits until they are ready and prints where everything is. Ctrl-C stops them in reverse
-order; starting again on the same data folder resumes every pending approval.
+database, starts the Temporal dev server (unless ``TEMPORAL_ADDRESS`` already answers), the worker,
+the API and, when ``DISCORD_BOT_TOKEN`` is set, the Discord bot, waits until they are ready and
+prints where everything is. Ctrl-C stops them in reverse order; starting again on the same data
+folder resumes every pending approval.
 
 Exit codes: 0 after Ctrl-C or SIGTERM, 1 when a process dies or never becomes ready, 2 on a
 configuration error (SEC-040).
@@ -573,6 +574,11 @@ async def _start_everything(
         ],
         stop_seconds=10,
     )
+    if settings.discord.enabled:
+        # Button clicks arrive at the bot; it decides through Temporal like the API does.
+        await supervisor.start(
+            "Discord bot", [sys.executable, "-m", "discord_bot"], stop_seconds=10
+        )
     api_url = f"http://{url_host(settings.api.host)}:{settings.api.port}"
     try:
         async with asyncio.TaskGroup() as group:
