@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -63,6 +64,14 @@ NOTIFY_RETRY = RetryPolicy(
 )
 
 
+LOCAL_ACTIVITIES = "local-activities"
+"""Patch id: approvals started from this version on run their short reads and writes as local
+activities (the benchmark's tuning); older histories replay with regular ones."""
+
+ArgT = TypeVar("ArgT")
+RetT = TypeVar("RetT")
+
+
 def _fail(error: ErrorCode, message: str, *details: Any) -> NoReturn:
     raise ApplicationError(
         f"{error.code}: {message}", *details, type=error.code, non_retryable=True
@@ -94,11 +103,9 @@ class ApprovalWorkflow:
             requested_at=now,
             expires_at=now + timedelta(seconds=policy.timeout_seconds),
         )
-        approval = await workflow.execute_activity_method(
+        approval = await self._short(
             PersistenceActivities.record_request,
             RecordRequestInput(approval=draft, requested_by=data.requested_by),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
         )
         self._approval = approval
         notified: asyncio.Task[None] | None = None
@@ -130,6 +137,26 @@ class ApprovalWorkflow:
     def _current(self) -> ApprovalRequest:
         assert self._approval is not None, "the approval is recorded before anything reads it"
         return self._approval
+
+    async def _short(
+        self,
+        activity: Callable[[Any, ArgT], Awaitable[RetT]],
+        argument: ArgT,
+        *,
+        limit: timedelta = DB_TIMEOUT,
+        retry: RetryPolicy = DB_RETRY,
+    ) -> RetT:
+        """Run a short read or write (a quote, one transaction). As a local activity it runs in
+        this worker without a round trip through the server's task queues: about half the
+        server's work per approval, and a decision answered sooner. Retries, idempotency and
+        replay are the same; histories from before the patch keep their regular activities."""
+        if workflow.patched(LOCAL_ACTIVITIES):
+            return await workflow.execute_local_activity_method(
+                activity, argument, start_to_close_timeout=limit, retry_policy=retry
+            )
+        return await workflow.execute_activity_method(
+            activity, argument, start_to_close_timeout=limit, retry_policy=retry
+        )
 
     async def _await_decision_or_expiry(self) -> None:
         expires_at = self._current.expires_at
@@ -319,11 +346,11 @@ class ApprovalWorkflow:
 
     async def _quote(self, instrument: str, correlation_id: str) -> MarketQuote:
         try:
-            return await workflow.execute_activity_method(
+            return await self._short(
                 MarketDataActivities.fetch_quote,
                 FetchQuoteInput(instrument=instrument, correlation_id=correlation_id),
-                start_to_close_timeout=QUOTE_TIMEOUT,
-                retry_policy=QUOTE_RETRY,
+                limit=QUOTE_TIMEOUT,
+                retry=QUOTE_RETRY,
             )
         except ActivityError as exc:
             _fail(
@@ -356,7 +383,7 @@ class ApprovalWorkflow:
                 "comment": comment,
             }
         )
-        result = await workflow.execute_activity_method(
+        result = await self._short(
             PersistenceActivities.record_decision,
             RecordDecisionInput(
                 expected=expected,
@@ -365,8 +392,6 @@ class ApprovalWorkflow:
                 audit_payload=audit_payload or {},
                 error_code=error_code,
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
         )
         self._approval = result.approval
         update = workflow.current_update_info()
@@ -419,11 +444,9 @@ class ApprovalWorkflow:
         except ApplicationError:
             workflow.logger.warning("no post-trade snapshot for %s: no quote", approval.trade_id)
             return
-        self._snapshot = await workflow.execute_activity_method(
+        self._snapshot = await self._short(
             PersistenceActivities.record_snapshot,
             RecordSnapshotInput(approval=approval, quote=quote),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -440,7 +463,7 @@ class ApprovalWorkflow:
             if not ok:
                 update = workflow.current_update_info()
                 update_id = update.id if update else ""
-                await workflow.execute_activity_method(
+                await self._short(
                     PersistenceActivities.record_audit,
                     RecordAuditInput(
                         actor_id=command.reported_by,
@@ -453,15 +476,13 @@ class ApprovalWorkflow:
                         payload={"details": command.details},
                         idempotency_key=f"{approval.trade_id}:refused:{update_id}",
                     ),
-                    start_to_close_timeout=DB_TIMEOUT,
-                    retry_policy=DB_RETRY,
                 )
                 _fail(
                     ErrorCode.INVALID_TRANSITION,
                     f"{approval.status.value} cannot become {command.target.value}",
                     approval.to_dict(),
                 )
-            self._approval = await workflow.execute_activity_method(
+            self._approval = await self._short(
                 PersistenceActivities.record_transition,
                 RecordTransitionInput(
                     expected=approval,
@@ -470,8 +491,6 @@ class ApprovalWorkflow:
                     correlation_id=command.correlation_id,
                     details=command.details,
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
             )
             return self._approval
 

@@ -22,6 +22,10 @@ def test_every_path_has_a_history() -> None:
     assert stems >= {"approve", "reject", "slippage", "expire"}  # the first workflow code's
     assert stems >= {f"{path}-v2" for path in ("approve", "reject", "slippage", "expire")}
     assert stems >= {"guardian-v2", "guardian-workflow-v2"}
+    # v3: short reads and writes as local activities
+    assert stems >= {
+        f"{path}-v3" for path in ("approve", "reject", "slippage", "expire", "guardian")
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
