@@ -26,6 +26,10 @@ demo: install
 discord-bot: install
 	$(BIN)/python -m discord_bot
 
+# Speed and memory on the embedded stack; results in docs/benchmarks.md (about 25 minutes).
+bench: install
+	$(BIN)/python -m bench
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,268 @@
+"""``python -m bench``: run the benchmarks and write ``docs/benchmarks.md``.
+
+Each run starts a fresh stack on a fresh database (an SQLite file in a temporary folder, or a new
+database on the PostgreSQL server of ``--database-url``), runs every phase, and stops the stack.
+The report holds the medians over the runs. ``--quick`` is the smoke mode of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bench import procs
+from bench.driver import Gateway
+from bench.figures import QUICK, Bench, Measurement, Sizes
+from bench.floor import quiet_logs
+from bench.report import Context, render
+from bench.stack import DEFAULT_PRAGMAS, REPO, Stack, StackConfig
+from hitl.db import create_engine
+
+PHASES = (
+    "saturation",
+    "floor",
+    "latency",
+    "expiry",
+    "guardian_effect",
+    "cascade",
+    "scale",
+    "scale_lock",
+)
+
+_started = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[bench {time.monotonic() - _started:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(base_url: str | None, workdir: Path) -> AsyncIterator[str]:
+    """A new, empty database: an SQLite file in ``workdir``, or a new database on the
+    PostgreSQL server of ``base_url`` (dropped afterwards)."""
+    if base_url is None or base_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{workdir / 'hitl.db'}"
+        return
+    name = f"hitl_bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(base_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        conn = await asyncpg.connect(_asyncpg_dsn(base_url))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def one_run(
+    index: int, *, args: argparse.Namespace, sizes: Sizes, tmp: Path, phases: Sequence[str]
+) -> Measurement:
+    """One run: a fresh stack and database, every phase, then everything stopped."""
+    workdir = tmp / f"run-{index + 1}"
+    workdir.mkdir(parents=True)
+    async with fresh_database(args.database_url, workdir) as url:
+        stack = Stack(
+            StackConfig(
+                workdir=workdir,
+                database_url=url,
+                worker_cache=args.worker_cache,
+                pragmas=args.server_pragma,
+                worker_options=args.worker_options,
+                server_config=args.server_config,
+            )
+        )
+        engine = create_engine(url)
+        gateway = Gateway(stack.api_url)
+        try:
+            say(f"run {index + 1}: starting the stack in {workdir}")
+            await stack.start()
+            bench = Bench(
+                stack=stack,
+                gateway=gateway,
+                engine=engine,
+                sizes=sizes,
+                profile_dir=workdir / "profile" if index == 0 and args.profile else None,
+            )
+            bench.begin()
+            for phase in phases:
+                began = time.monotonic()
+                say(f"run {index + 1}: {phase}")
+                await getattr(bench, phase)()
+                stack.check()
+                shown = {
+                    key: round(value, 3)
+                    for key, value in bench.m.values.items()
+                    if key.startswith(phase.split("_")[0])
+                }
+                say(f"run {index + 1}: {phase} done in {time.monotonic() - began:.1f} s {shown}")
+            bench.finish()
+            return bench.m
+        finally:
+            await gateway.aclose()
+            await engine.dispose()
+            await stack.stop()
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the gateway on its embedded stack and write docs/benchmarks.md.",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs to take medians of (default 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke mode: tiny counts, one run, no profile"
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL URL: each run uses a fresh database on that server"
+        " (default: a fresh SQLite file in a temporary folder)",
+    )
+    parser.add_argument(
+        "--scale-pending",
+        type=int,
+        default=Sizes().scale_pending,
+        metavar="N",
+        help="approvals pending in the scale phase (default 10000)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "docs" / "benchmarks.md",
+        help="the report to write (default docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--worker-cache",
+        type=int,
+        metavar="N",
+        help="HITL_WORKER_MAX_CACHED_WORKFLOWS for the worker (default: the worker's own)",
+    )
+    parser.add_argument(
+        "--worker-options",
+        metavar="JSON",
+        help="a tuning experiment: run bench.tuned_worker with these Worker options, e.g."
+        """ '{"sandbox": "off"}' or '{"max_concurrent_workflow_tasks": 50}'""",
+    )
+    parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dynamic configuration value for the dev server, repeatable (tuning experiments)",
+    )
+    parser.add_argument(
+        "--server-pragma",
+        action="append",
+        metavar="PRAGMA",
+        help="an SQLite pragma for the dev server, repeatable; 'none' for its defaults"
+        f" (default: {' '.join(DEFAULT_PRAGMAS)}, as make run)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, profiles)"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(unknown)}")
+    args.phases = [phase for phase in PHASES if phase in phases]
+    if args.server_pragma is None:
+        args.server_pragma = list(DEFAULT_PRAGMAS)
+    elif args.server_pragma == ["none"]:
+        args.server_pragma = []
+    if args.quick:
+        args.runs = 1
+        args.profile = False
+    return args
+
+
+async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the benchmark and write the report; the exit code."""
+    sizes = QUICK if args.quick else replace(Sizes(), scale_pending=args.scale_pending)
+    tmp = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
+    quiet_logs(tmp / "floor.log")
+    for noisy in ("httpx", "httpcore", "temporalio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = datetime.now(UTC)
+    load_before = procs.load_average()
+    runs: list[Measurement] = []
+    database = "SQLite (embedded default), a fresh file per run"
+    if args.database_url and not args.database_url.startswith("sqlite"):
+        database = f"PostgreSQL ({make_url(args.database_url).host}), a fresh database per run"
+    ok = False
+    try:
+        for index in range(args.runs):
+            runs.append(await one_run(index, args=args, sizes=sizes, tmp=tmp, phases=args.phases))
+            # Written after every run, so a failure later keeps what was measured.
+            context = Context(
+                # --keep changes nothing measured, only what is left in /tmp.
+                command=" ".join(["python -m bench", *(arg for arg in argv if arg != "--keep")]),
+                database=database,
+                sizes=sizes,
+                quick=args.quick,
+                worker_cache=args.worker_cache,
+                worker_options=args.worker_options,
+                server_config=args.server_config,
+                pragmas=args.server_pragma,
+                started=f"{started:%Y-%m-%d %H:%M} UTC",
+                finished=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+                load_before=load_before,
+                load_after=procs.load_average(),
+            )
+            await asyncio.to_thread(_write, args.out, render(runs, context, out=args.out))
+            say(f"report of {len(runs)} run(s) written to {args.out}")
+        ok = True
+    finally:
+        if not ok or args.keep:
+            say(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(arguments)
+    return asyncio.run(main_async(args, arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

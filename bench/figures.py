@@ -1,0 +1,496 @@
+"""The measurements of one run, phase by phase, on one started stack.
+
+Each phase adds named numbers to ``Measurement.values``; the report takes medians over runs.
+Phases run in order on the same stack and leave nothing pending for the next (the scale phase,
+which leaves 10,000 pending, comes last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench import procs
+from bench.driver import (
+    INSTRUMENT,
+    REQUEST_PRICE,
+    Gateway,
+    Timed,
+    bounded_map,
+    paced,
+    percentile,
+)
+from bench.floor import run_floor
+from bench.profile import Profile, py_spy, record, summarise
+from bench.stack import OPERATOR, Stack
+from hitl.messages import ApprovalPolicy
+from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
+from hitl.tables import ApprovalRow, AuditRow
+from workflows.client import ApprovalClient
+
+POLL_SECONDS = 0.05
+LOCKED = 423
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each phase does."""
+
+    concurrency: int = 32
+    warmup: int = 30
+    saturation: int = 400
+    floor: int = 400
+    latency_decisions: int = 200
+    decision_rate: float = 10.0
+    expiry: int = 100
+    expiry_timeout_seconds: int = 10
+    effect_pending: int = 300
+    effect_rate: float = 20.0
+    """Decisions attempted per second around the lock."""
+    cascade: int = 1000
+    scale_pending: int = 10_000
+    scale_decisions: int = 200
+    profile_seconds: float = 10.0
+    settle_seconds: float = 2.0
+    """Quiet time between filling and measuring, so the fill's tail does not count."""
+
+
+QUICK = Sizes(
+    concurrency=8,
+    warmup=2,
+    saturation=16,
+    floor=16,
+    latency_decisions=8,
+    decision_rate=20.0,
+    expiry=5,
+    expiry_timeout_seconds=1,
+    effect_pending=24,
+    effect_rate=40.0,
+    cascade=20,
+    scale_pending=30,
+    scale_decisions=8,
+    profile_seconds=0.0,
+    settle_seconds=0.3,
+)
+"""The smoke mode: every phase, tiny counts; proves the benchmark works, measures nothing."""
+
+
+@dataclass
+class Measurement:
+    """What one run measured."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _chunks(items: Sequence[uuid.UUID], size: int = 500) -> list[Sequence[uuid.UUID]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Bench:
+    """The phases of one run."""
+
+    def __init__(
+        self,
+        *,
+        stack: Stack,
+        gateway: Gateway,
+        engine: AsyncEngine,
+        sizes: Sizes,
+        profile_dir: Path | None,
+    ) -> None:
+        self.stack = stack
+        self.gw = gateway
+        self.engine = engine
+        self.sizes = sizes
+        self.profile_dir = profile_dir
+        self.m = Measurement()
+        self._run_start = (time.perf_counter(), procs.MachineCpu.now(), self._cpu())
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _cpu(self) -> dict[str, float]:
+        cpu = {name: proc.cpu_seconds() for name, proc in self.stack.procs.items()}
+        cpu["driver"] = procs.cpu_seconds(os.getpid())
+        return cpu
+
+    async def _count(self, ids: Sequence[uuid.UUID], status: TradeStatus) -> int:
+        total = 0
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                total += (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(ApprovalRow)
+                        .where(ApprovalRow.trade_id.in_(chunk), ApprovalRow.status == status.value)
+                    )
+                ).scalar_one()
+        return int(total)
+
+    async def _pending_total(self) -> int:
+        async with self.engine.connect() as conn:
+            count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(ApprovalRow)
+                    .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
+                )
+            ).scalar_one()
+        return int(count)
+
+    def _notified(self, ids: Sequence[uuid.UUID]) -> int:
+        """How many of ``ids`` the worker's notify activity logged (the console notifier)."""
+        wanted = {str(trade_id) for trade_id in ids}
+        seen: set[str] = set()
+        log_path = self.stack.procs["worker"].log_path
+        with log_path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if "notify.approval_requested" not in line:
+                    continue
+                try:
+                    record_ = json.loads(line)
+                except ValueError:
+                    continue
+                trade_id = record_.get("trade_id")
+                if trade_id in wanted:
+                    seen.add(trade_id)
+        return len(seen)
+
+    async def _wait_notified(self, ids: Sequence[uuid.UUID], *, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        while True:
+            notified = await asyncio.to_thread(self._notified, ids)
+            if notified >= len(ids) or time.monotonic() > deadline:
+                return notified
+            await asyncio.sleep(0.5)
+
+    async def _create_and_approve(self, _: int) -> tuple[uuid.UUID, bool]:
+        trade_id, created = await self.gw.create()
+        if created.status != httpx.codes.CREATED:
+            return trade_id, False
+        approved = await self.gw.approve(trade_id)
+        ok = approved.status == httpx.codes.OK and approved.body.get("status") == "ACCEPTED"
+        return trade_id, ok
+
+    async def _decisions(self, ids: Sequence[uuid.UUID], prefix: str) -> None:
+        """Approve ``ids`` at the steady decision rate; p50 and p99 of the answers."""
+        timed = await paced(self.gw.approve, ids, per_second=self.sizes.decision_rate)
+        ok = [t for t in timed if t.status == httpx.codes.OK and t.body.get("status") == "ACCEPTED"]
+        seconds = [t.seconds for t in ok]
+        self.m.values[f"{prefix}_p50_ms"] = percentile(seconds, 50) * 1000
+        self.m.values[f"{prefix}_p99_ms"] = percentile(seconds, 99) * 1000
+        self.m.values[f"{prefix}_max_ms"] = max(seconds) * 1000
+        self.m.values[f"{prefix}_errors"] = len(timed) - len(ok)
+
+    def begin(self) -> None:
+        """Note the CPU counters at the start of the run."""
+        self._run_start = (time.perf_counter(), procs.MachineCpu.now(), self._cpu())
+
+    def finish(self) -> None:
+        """Whole-run figures: other processes' share of the CPU, failed activity attempts."""
+        began, machine_before, cpu_before = self._run_start
+        wall = time.perf_counter() - began
+        machine_after, cpu_after = procs.MachineCpu.now(), self._cpu()
+        ours = sum(cpu_after[name] - cpu_before[name] for name in cpu_after)
+        busy = machine_after.busy - machine_before.busy
+        cores = float(os.cpu_count() or 1)
+        self.m.values["run_foreign_cpu_pct"] = max(0.0, busy - ours) / (wall * cores) * 100
+        failed = 0
+        with self.stack.procs["worker"].log_path.open(encoding="utf-8", errors="replace") as log:
+            for line in log:
+                if "Completing activity as failed" in line:
+                    failed += 1
+        self.m.values["worker_activity_failures"] = failed
+
+    # --- phases --------------------------------------------------------------------------
+
+    async def saturation(self) -> None:
+        """Sustained approvals per second: create → notified → approve → recorded ACCEPTED."""
+        sizes = self.sizes
+        await bounded_map(self._create_and_approve, range(sizes.warmup), concurrency=8)
+        machine_before, cpu_before = procs.MachineCpu.now(), self._cpu()
+        started = time.perf_counter()
+        outcomes = await bounded_map(
+            self._create_and_approve, range(sizes.saturation), concurrency=sizes.concurrency
+        )
+        wall = time.perf_counter() - started
+        machine_after, cpu_after = procs.MachineCpu.now(), self._cpu()
+        ids = [trade_id for trade_id, _ in outcomes]
+        accepted = await self._count(ids, TradeStatus.ACCEPTED)
+        notified = await self._wait_notified(ids, seconds=15)
+        values = self.m.values
+        values["saturation_per_s"] = accepted / wall
+        values["saturation_errors"] = sum(1 for _, ok in outcomes if not ok)
+        values["saturation_not_recorded"] = len(ids) - accepted
+        values["saturation_not_notified"] = len(ids) - notified
+        ours = 0.0
+        for name in cpu_after:
+            used = cpu_after[name] - cpu_before[name]
+            ours += used
+            values[f"cpu_ms_per_approval_{name}"] = used / len(ids) * 1000
+        values["cpu_ms_per_approval_total"] = ours / len(ids) * 1000
+        cores = float(os.cpu_count() or 1)
+        machine_busy = machine_after.busy - machine_before.busy
+        values["saturation_our_cpu_pct"] = ours / (wall * cores) * 100
+        values["saturation_foreign_cpu_pct"] = max(0.0, machine_busy - ours) / (wall * cores) * 100
+        if self.profile_dir is not None and sizes.profile_seconds > 0:
+            await self._profile_saturation()
+
+    async def _profile_saturation(self) -> None:
+        """Load as in the saturation phase while py-spy samples the worker and the API."""
+        assert self.profile_dir is not None
+        if py_spy() is None:
+            self.m.notes.append("py-spy is not installed: no sampling profile (pip install py-spy)")
+            return
+        seconds = self.sizes.profile_seconds
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        outputs = {name: self.profile_dir / f"{name}.txt" for name in ("worker", "api")}
+        recorders = [
+            await record(self.stack.procs[name].pid, seconds=seconds, out=out)
+            for name, out in outputs.items()
+        ]
+        deadline = time.perf_counter() + seconds
+
+        async def until_deadline(_: int) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                await self._create_and_approve(0)
+                done += 1
+            return done
+
+        await bounded_map(until_deadline, range(self.sizes.concurrency), concurrency=64)
+        for recorder in recorders:
+            await recorder.wait()
+        for name, out in outputs.items():
+            self.m.profiles[name] = summarise(out)
+
+    async def floor(self) -> None:
+        """The same database writes per approval, done directly, at the same concurrency."""
+        rate = await run_floor(
+            self.stack.config.database_url,
+            count=self.sizes.floor,
+            concurrency=self.sizes.concurrency,
+        )
+        self.m.values["floor_per_s"] = rate
+        if "saturation_per_s" in self.m.values:
+            self.m.values["floor_ratio"] = self.m.values["saturation_per_s"] / rate
+
+    async def latency(self) -> None:
+        """Decision latency at a steady rate, over approvals created beforehand."""
+        ids = await self.gw.create_pending(
+            self.sizes.latency_decisions, concurrency=self.sizes.concurrency
+        )
+        await self._wait_notified(ids, seconds=15)
+        await asyncio.sleep(self.sizes.settle_seconds)
+        await self._decisions(ids, "latency")
+
+    async def expiry(self) -> None:
+        """Lateness of the expiry of approvals created together with a short deadline."""
+        assert self.stack.client is not None
+        approvals = ApprovalClient(self.stack.client)
+        policy = ApprovalPolicy(
+            timeout_seconds=self.sizes.expiry_timeout_seconds,
+            allowed_operators=frozenset({OPERATOR}),
+        )
+        price = Decimal(REQUEST_PRICE)
+
+        async def start(_: int) -> tuple[uuid.UUID, datetime]:
+            proposal = TradeProposal(
+                trade_id=uuid.uuid4(),
+                instrument=INSTRUMENT,
+                side=Side.BUY,
+                risk_pct=Decimal("1.5"),
+                confidence=Decimal("0.8"),
+                request_price=price,
+                reasoning_summary="benchmark expiry",
+                correlation_id=str(uuid.uuid4()),
+            )
+            handle = await approvals.request_approval(proposal, requested_by="bot-1", policy=policy)
+            recorded = await handle.recorded()
+            return recorded.trade_id, recorded.expires_at
+
+        started = await bounded_map(start, range(self.sizes.expiry), concurrency=self.sizes.expiry)
+        ids = [trade_id for trade_id, _ in started]
+        deadlines = [expires_at for _, expires_at in started]
+        wait_until = time.monotonic() + self.sizes.expiry_timeout_seconds + 90
+        while await self._count(ids, TradeStatus.REJECTED) < len(ids):
+            if time.monotonic() > wait_until:
+                raise RuntimeError("approvals did not expire within 90 s of their deadline")
+            await asyncio.sleep(0.2)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        ApprovalRow.trade_id,
+                        ApprovalRow.expires_at,
+                        ApprovalRow.decided_at,
+                        ApprovalRow.decision_reason,
+                    ).where(ApprovalRow.trade_id.in_(ids))
+                )
+            ).all()
+            written = await conn.execute(
+                select(AuditRow.target_id, AuditRow.created_at).where(
+                    AuditRow.idempotency_key.in_([f"{t}:decided" for t in ids])
+                )
+            )
+            # A comprehension, not dict(): a result has keys() and would pass for a mapping.
+            audits = {target_id: created_at for target_id, created_at in written}
+        lateness = [(row.decided_at - row.expires_at).total_seconds() for row in rows]
+        committed = [(audits[str(row.trade_id)] - row.expires_at).total_seconds() for row in rows]
+        values = self.m.values
+        values["expiry_p50_s"] = percentile(lateness, 50)
+        values["expiry_p99_s"] = percentile(lateness, 99)
+        values["expiry_committed_p50_s"] = percentile(committed, 50)
+        values["expiry_committed_p99_s"] = percentile(committed, 99)
+        values["expiry_deadline_spread_s"] = (max(deadlines) - min(deadlines)).total_seconds()
+        values["expiry_not_timeout"] = sum(
+            1 for row in rows if row.decision_reason != DecisionReason.HITL_TIMEOUT.value
+        )
+
+    async def guardian_effect(self) -> None:
+        """Lock acknowledged → first refused decision, while decisions are attempted
+        continuously; and no decision attempted after the acknowledgement may succeed."""
+        sizes = self.sizes
+        ids = await self.gw.create_pending(sizes.effect_pending, concurrency=sizes.concurrency)
+        await self._wait_notified(ids, seconds=15)
+        queue = deque(ids)
+        attempts: list[asyncio.Task[Timed]] = []
+        stop = asyncio.Event()
+
+        def attempt() -> None:
+            if queue:
+                attempts.append(asyncio.create_task(self.gw.approve(queue.popleft())))
+
+        async def operators() -> None:
+            # Decisions attempted at a steady rate (an open loop), whatever the answers take.
+            while queue and not stop.is_set():
+                attempt()
+                await asyncio.sleep(1 / sizes.effect_rate)
+
+        attempting = asyncio.create_task(operators())
+        await asyncio.sleep(sizes.settle_seconds / 2)
+        lock = await self.gw.lock("benchmark: Guardian effect")
+        acknowledged = lock.ended
+        attempt()  # one more the instant the lock is acknowledged
+        await asyncio.sleep(sizes.settle_seconds / 4)
+        stop.set()
+        await attempting
+        async with asyncio.timeout(60):
+            answers = list(await asyncio.gather(*attempts))
+        if lock.status != httpx.codes.OK:
+            raise RuntimeError(f"lock answered {lock.status}: {lock.body}")
+        after = [a for a in answers if a.started >= acknowledged]
+        refused = [a for a in after if a.status == LOCKED]
+        values = self.m.values
+        values["guardian_lock_ms"] = lock.seconds * 1000
+        if refused:
+            values["guardian_effect_ms"] = (min(a.ended for a in refused) - acknowledged) * 1000
+        else:
+            self.m.notes.append("Guardian effect: no decision was attempted after the lock")
+        values["guardian_leaks"] = sum(1 for a in after if a.status == httpx.codes.OK)
+        values["guardian_refused_in_flight"] = sum(
+            1 for a in answers if a.started < acknowledged and a.status == LOCKED
+        )
+        unlock = await self.gw.unlock()
+        if unlock.status != httpx.codes.OK:
+            raise RuntimeError(f"unlock answered {unlock.status}: {unlock.body}")
+        await asyncio.sleep(sizes.settle_seconds)
+
+    async def cascade(self) -> None:
+        """1,000 pending, then a lock: how long until all are REJECTED in the database, and
+        until all their workflows have taken the signal and completed."""
+        assert self.stack.client is not None
+        marker = datetime.now(UTC)
+        await asyncio.sleep(0.01)
+        ids = await self.gw.create_pending(self.sizes.cascade, concurrency=self.sizes.concurrency)
+        await self._wait_notified(ids, seconds=30)
+        await asyncio.sleep(self.sizes.settle_seconds)
+        values = self.m.values
+        values["cascade_pending_before"] = await self._pending_total()
+        lock = await self.gw.lock("benchmark: Guardian cascade")
+        if lock.status != httpx.codes.OK:
+            raise RuntimeError(f"lock answered {lock.status}: {lock.body}")
+        acknowledged = lock.ended
+        values["cascade_lock_ms"] = lock.seconds * 1000
+        while await self._count(ids, TradeStatus.REJECTED) < len(ids):
+            if time.perf_counter() - acknowledged > 120:
+                raise RuntimeError("the cascade did not reject everything within 120 s")
+            await asyncio.sleep(POLL_SECONDS)
+        values["cascade_rejected_s"] = time.perf_counter() - acknowledged
+        query = (
+            "WorkflowType='ApprovalWorkflow' AND ExecutionStatus='Running'"
+            f" AND StartTime >= '{marker.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+        )
+        while (await self.stack.client.count_workflows(query)).count > 0:
+            if time.perf_counter() - acknowledged > 300:
+                raise RuntimeError("the cascade's workflows did not complete within 300 s")
+            await asyncio.sleep(0.2)
+        values["cascade_completed_s"] = time.perf_counter() - acknowledged
+        unlock = await self.gw.unlock()
+        if unlock.status != httpx.codes.OK:
+            raise RuntimeError(f"unlock answered {unlock.status}: {unlock.body}")
+
+    async def scale(self) -> None:
+        """Worker memory with many approvals pending, and decision latency while they wait."""
+        worker = self.stack.procs["worker"]
+        values = self.m.values
+        values["scale_rss_before_mb"] = worker.rss_mb()
+        started = time.perf_counter()
+        ids = await self.gw.create_pending(
+            self.sizes.scale_pending, concurrency=self.sizes.concurrency
+        )
+        values["scale_create_per_s"] = len(ids) / (time.perf_counter() - started)
+        await self._wait_notified(ids[-200:], seconds=60)
+        await asyncio.sleep(self.sizes.settle_seconds)
+        values["scale_pending"] = await self._pending_total()
+        values["scale_rss_mb"] = worker.rss_mb()
+        values["scale_server_rss_mb"] = self.stack.procs["server"].rss_mb()
+        values["scale_api_rss_mb"] = self.stack.procs["api"].rss_mb()
+        peak = 0.0
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            while sampling:
+                peak = max(peak, worker.rss_mb())
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        chosen = random.Random(7).sample(ids, min(self.sizes.scale_decisions, len(ids)))
+        try:
+            await self._decisions(chosen, "scale")
+        finally:
+            sampling = False
+            await sampler
+        values["scale_rss_peak_mb"] = max(peak, worker.rss_mb())
+
+    async def scale_lock(self) -> None:
+        """A Guardian lock with every scale approval still pending: the lock call's latency
+        and answer (the API gives a call ``HITL_API_DECISION_TIMEOUT_SECONDS``, 10 s), then
+        how long until none is pending in the database. The fan-out is not waited for."""
+        values = self.m.values
+        values["scale_lock_pending"] = await self._pending_total()
+        started = time.perf_counter()
+        lock = await self.gw.lock("benchmark: Guardian lock at scale")
+        values["scale_lock_ms"] = lock.seconds * 1000
+        values["scale_lock_status"] = lock.status
+        while await self._pending_total() > 0:
+            if time.perf_counter() - started > 300:
+                raise RuntimeError("the lock at scale did not reject everything within 300 s")
+            await asyncio.sleep(0.2)
+        values["scale_lock_all_rejected_s"] = time.perf_counter() - started

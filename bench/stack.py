@@ -1,0 +1,304 @@
+"""The gateway as production runs it: the Temporal dev server, the worker and the API as
+separate processes on free loopback ports, over a fresh database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench import procs
+from hitl.run import _ORPHAN_GUARD, temporal_binary
+
+REPO = Path(__file__).resolve().parents[1]
+
+TOKENS = {"bot-1": "bench-bot-token", "alice": "bench-alice-token", "admin": "bench-admin-token"}
+ROLES = {"bot-1": "bot", "alice": "operator", "admin": "admin"}
+OPERATOR = "alice"
+
+DEFAULT_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
+"""The dev server's SQLite settings, as ``make run`` starts it (TEMPORAL-NOTES.md: about 2.3x the
+throughput of the defaults)."""
+
+READY_SECONDS = 120.0
+START_ATTEMPTS = 3
+STOP_SECONDS = 20.0
+# Pending approvals must not expire while the benchmark works on them; the expiry figure starts
+# its own approvals with a short deadline.
+BENCH_TIMEOUT_SECONDS = 4 * 3600
+
+
+class StackError(Exception):
+    """The stack did not start, or one of its processes died."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+@dataclass
+class Proc:
+    """One child process, its output going to a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        """The process id (the orphan guard execs the program, so it is the program's)."""
+        return self.popen.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far."""
+        return procs.cpu_seconds(self.pid)
+
+    def rss_mb(self) -> float:
+        """Resident memory now, in MiB."""
+        return procs.rss_mb(self.pid)
+
+    def check(self) -> None:
+        """Raise StackError if the process has ended."""
+        code = self.popen.poll()
+        if code is not None:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise StackError(f"the {self.name} exited with code {code}:\n{tail}")
+
+
+@dataclass
+class StackConfig:
+    """How to start the stack."""
+
+    workdir: Path
+    database_url: str
+    worker_cache: int | None = None
+    """``HITL_WORKER_MAX_CACHED_WORKFLOWS``; None leaves the worker's default."""
+    pragmas: Sequence[str] = DEFAULT_PRAGMAS
+    server_config: Sequence[str] = ()
+    """``KEY=VALUE`` dynamic configuration values for the dev server (tuning experiments)."""
+    worker_options: str | None = None
+    """JSON for ``bench.tuned_worker`` (a tuning experiment); None runs ``python -m worker``."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def declared_tokens() -> str:
+    """The ``HITL_API_TOKENS`` value of the benchmark's principals."""
+    return ",".join(f"{name}:{ROLES[name]}:{token}" for name, token in TOKENS.items())
+
+
+class Stack:
+    """A started stack; ``stop()`` ends every process it started."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.temporal_port, self.api_port, self.metrics_port = free_ports(3)
+        self.procs: dict[str, Proc] = {}
+        self.client: Client | None = None
+
+    @property
+    def api_url(self) -> str:
+        """The API's root URL."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        """The dev server's gRPC address."""
+        return f"127.0.0.1:{self.temporal_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment of the worker and the API: nothing of the caller's gateway settings."""
+        base = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("HITL_", "TEMPORAL_", "DATABASE_", "MARKET_DATA_", "DISCORD_"))
+        }
+        base |= {
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "DATABASE_URL": self.config.database_url,
+            "HITL_DATA_DIR": str(self.config.workdir / "data"),
+            "HITL_ALLOWED_OPERATORS": OPERATOR,
+            "HITL_API_TOKENS": declared_tokens(),
+            "HITL_API_RATE_LIMIT": "100000/second",
+            "HITL_TIMEOUT_SECONDS": str(BENCH_TIMEOUT_SECONDS),
+            "HITL_WORKER_METRICS_PORT": str(self.metrics_port),
+        }
+        if self.config.worker_cache is not None:
+            base["HITL_WORKER_MAX_CACHED_WORKFLOWS"] = str(self.config.worker_cache)
+        base |= dict(self.config.extra_env)
+        return base
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Proc:
+        log_path = self.config.workdir / f"{name}.log"
+        log_file = log_path.open("ab")
+        # The orphan guard (as make run uses it) ends the child if the benchmark is killed.
+        # Spawned from the main thread: the kernel ties the guard to the spawning thread.
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _ORPHAN_GUARD, str(os.getpid()), *argv],
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        proc = Proc(name=name, popen=popen, log_path=log_path, log_file=log_file)
+        self.procs[name] = proc
+        return proc
+
+    async def start(self) -> None:
+        """Migrate, start the three processes and wait until ``/readyz`` answers 200.
+
+        Tried up to three times on fresh ports: the dev server picks free ports for its own
+        internal services and, rarely, takes the one chosen for its frontend first (it then
+        exits with "address already in use").
+        """
+        for attempt in range(START_ATTEMPTS):
+            try:
+                await self._start_once()
+                return
+            except StackError:
+                await self.stop()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                for proc in self.procs.values():
+                    proc.log_path.rename(proc.log_path.with_suffix(f".failed-{attempt + 1}.log"))
+                self.procs.clear()
+                self.temporal_port, self.api_port, self.metrics_port = free_ports(3)
+                if (self.config.workdir / "temporal.db").exists():
+                    (self.config.workdir / "temporal.db").unlink()
+
+    async def _start_once(self) -> None:
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "migrations.runner",
+            "upgrade",
+            "--url",
+            self.config.database_url,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await migrate.communicate()
+        if migrate.returncode != 0:
+            raise StackError(f"migrations failed: {errors.decode(errors='replace')[-2000:]}")
+        server_argv = [
+            str(temporal_binary()),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.config.workdir / "temporal.db"),
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.temporal_port),
+            "--log-level",
+            "error",
+        ]
+        for pragma in self.config.pragmas:
+            server_argv += ["--sqlite-pragma", pragma]
+        for value in self.config.server_config:
+            server_argv += ["--dynamic-config-value", value]
+        self._spawn("server", server_argv, env)
+        self.client = await self._wait_for_temporal()
+        if self.config.worker_options is None:
+            self._spawn("worker", [sys.executable, "-m", "worker"], env)
+        else:
+            tuned = {**env, "BENCH_WORKER_OPTIONS": self.config.worker_options}
+            self._spawn("worker", [sys.executable, "-m", "bench.tuned_worker"], tuned)
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+        )
+        await self._wait_for_api()
+
+    def check(self) -> None:
+        """Raise StackError if a process of the stack has died."""
+        for proc in self.procs.values():
+            proc.check()
+
+    async def _wait_for_temporal(self) -> Client:
+        deadline = time.monotonic() + READY_SECONDS
+        problem = "no answer"
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                async with asyncio.timeout(5):
+                    client = await Client.connect(
+                        self.temporal_address, data_converter=pydantic_data_converter
+                    )
+                    await client.count_workflows("WorkflowType='ApprovalWorkflow'")
+                    return client
+            except Exception as exc:  # not ready yet; reported on time-out
+                problem = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(0.25)
+        raise StackError(f"the Temporal dev server was not ready ({problem})")
+
+    async def _wait_for_api(self) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        problem = "no answer"
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=5) as http:
+            while time.monotonic() < deadline:
+                self.check()
+                try:
+                    answer = await http.get("/readyz")
+                    if answer.status_code == httpx.codes.OK:
+                        return
+                    problem = answer.text
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.25)
+        raise StackError(f"the API was not ready ({problem})")
+
+    async def stop(self) -> None:
+        """Stop the API, the worker, then the server: SIGTERM, SIGKILL after a grace period."""
+        for name in ("api", "worker", "server"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(proc.popen.wait, STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.popen.kill()
+                    await asyncio.to_thread(proc.popen.wait)
+            proc.log_file.close()
