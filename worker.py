@@ -132,7 +132,7 @@ async def main() -> None:
     client = await connect(settings, runtime)
     engine = create_engine(settings.database_url)
     provider = provider_from_settings(settings.market_data)
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, writer=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

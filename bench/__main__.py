@@ -28,7 +28,7 @@ from bench import procs
 from bench.driver import Gateway
 from bench.figures import QUICK, Bench, Measurement, Sizes
 from bench.floor import quiet_logs
-from bench.report import Context, render
+from bench.report import Context, code_version, render
 from bench.stack import DEFAULT_PRAGMAS, REPO, Stack, StackConfig
 from hitl.db import create_engine
 
@@ -217,6 +217,7 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = datetime.now(UTC)
     load_before = procs.load_average()
+    code = await asyncio.to_thread(code_version)
     runs: list[Measurement] = []
     database = "SQLite (embedded default), a fresh file per run"
     if args.database_url and not args.database_url.startswith("sqlite"):
@@ -240,6 +241,7 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 finished=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
                 load_before=load_before,
                 load_after=procs.load_average(),
+                code=code,
             )
             await asyncio.to_thread(_write, args.out, render(runs, context, out=args.out))
             say(f"report of {len(runs)} run(s) written to {args.out}")

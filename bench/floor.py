@@ -44,7 +44,7 @@ def quiet_logs(log_path: Path) -> None:
 async def run_floor(database_url: str, *, count: int, concurrency: int) -> float:
     """Approvals per second for ``count`` approvals written directly at ``concurrency``."""
     engine = create_engine(database_url)
-    activities = PersistenceActivities(session_factory(engine))
+    activities = PersistenceActivities(session_factory(engine, writer=True))
     market = SimulatedMarketData()
     mid = market.mid_price(INSTRUMENT)
     guard = SlippageGuard(Decimal("0.5"))  # the default policy's limit

@@ -22,6 +22,8 @@ from bench.figures import Measurement, Sizes
 from bench.profile import Profile
 from hitl.run import temporal_binary
 
+_REPO = Path(__file__).resolve().parents[1]
+
 _DASH = "\N{EN DASH}"
 
 ANALYSIS_BEGIN = "<!-- analysis:begin -->"
@@ -99,6 +101,8 @@ class Figure:
         """met, not met, or a dash where the figure has no target."""
         if self.met is None:
             return "—"
+        if any(math.isnan(get(part.key).median) for part in self.parts):
+            return "not measured"
         return "**met**" if self.met(get) else "**not met**"
 
 
@@ -276,6 +280,7 @@ class Context:
     finished: str
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    code: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -286,6 +291,18 @@ def _command_output(argv: Sequence[str]) -> str:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+
+
+def code_version() -> str:
+    """The commit measured, and the gateway files changed since it (bench/ and docs/ aside)."""
+    commit = _command_output(["git", "-C", str(_REPO), "rev-parse", "--short", "HEAD"])
+    status = _command_output(["git", "-C", str(_REPO), "status", "--porcelain"])
+    # "XY path" lines; the output was stripped, so split rather than slice.
+    paths = [line.split(maxsplit=1)[-1] for line in status.splitlines() if line.strip()]
+    changed = sorted(p for p in paths if not p.startswith(("bench/", "docs/", "tests/")))
+    if not changed:
+        return f"commit {commit}"
+    return f"commit {commit} with uncommitted changes to {', '.join(changed)}"
 
 
 def machine_lines(context: Context) -> list[str]:
@@ -314,6 +331,7 @@ def machine_lines(context: Context) -> list[str]:
         ),
         f"- load average before: {_load(context.load_before)}; after: {_load(context.load_after)}",
         f"- started {context.started}, finished {context.finished}",
+        f"- code measured: {context.code}",
     ]
 
 

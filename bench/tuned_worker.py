@@ -69,7 +69,7 @@ async def main() -> None:
         task_queue=settings.temporal.task_queue,
         workflows=[ApprovalWorkflow, GuardianWorkflow],
         activities=activities_for(
-            sessions=session_factory(engine),
+            sessions=session_factory(engine, writer=True),
             provider=provider,
             notifier=ConsoleNotifier(),
             client=client,

@@ -70,17 +70,39 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite issues BEGIN only at a transaction's first write, so its reads would run
+            # outside the transaction that writes: another writer could commit in between.
+            # SQLAlchemy's recipe: let SQLAlchemy begin; writers take the write lock at once.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(connection: Any) -> None:
+            mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+_SQLITE_BEGIN = "hitl_sqlite_begin"
+
+
+def session_factory(
+    engine: AsyncEngine, *, writer: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit.
+
+    ``writer`` sessions (the worker's activities) read and then write in one transaction: on
+    SQLite they begin IMMEDIATE, holding the write lock from their first read, so nothing commits
+    between what they read and what they write (PostgreSQL gets the same from row locks). Read
+    sessions begin DEFERRED: a request that reads and then waits on a workflow must not hold the
+    lock the workflow's activities need.
+    """
+    bind = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}) if writer else engine
+    return async_sessionmaker(bind, expire_on_commit=False)

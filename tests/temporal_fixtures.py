@@ -102,7 +102,7 @@ async def sqlite_url(tmp_path: Path) -> str:
 async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Sessions on a migrated embedded SQLite database."""
     engine: AsyncEngine = create_engine(sqlite_url)
-    yield session_factory(engine)
+    yield session_factory(engine, writer=True)
     await engine.dispose()
 
 

@@ -145,12 +145,18 @@ class ApprovalWorkflow:
         *,
         limit: timedelta = DB_TIMEOUT,
         retry: RetryPolicy = DB_RETRY,
+        local: bool = True,
     ) -> RetT:
         """Run a short read or write (a quote, one transaction). As a local activity it runs in
         this worker without a round trip through the server's task queues: about half the
         server's work per approval, and a decision answered sooner. Retries, idempotency and
-        replay are the same; histories from before the patch keep their regular activities."""
-        if workflow.patched(LOCAL_ACTIVITIES):
+        replay are the same; histories from before the patch keep their regular activities.
+
+        ``local=False`` keeps a regular activity where nobody waits on the answer and many may
+        come at once (expiries, a Guardian cascade): a local activity holds its workflow task
+        open, so a hundred timers firing together would queue behind each other's writes.
+        """
+        if local and workflow.patched(LOCAL_ACTIVITIES):
             return await workflow.execute_local_activity_method(
                 activity, argument, start_to_close_timeout=limit, retry_policy=retry
             )
@@ -182,6 +188,7 @@ class ApprovalWorkflow:
                         channel=DecisionChannel.SYSTEM,
                         at=workflow.now(),
                         event_type="hitl.expired",
+                        local=False,
                     )
                     # (A Guardian lock may have rejected it first; that is no expiry.)
                     if self._current.decision_reason is DecisionReason.HITL_TIMEOUT:
@@ -203,6 +210,7 @@ class ApprovalWorkflow:
                 channel=DecisionChannel.SYSTEM,
                 at=notice.locked_at,
                 comment=f"Guardian locked by {notice.locked_by}: {notice.reason}",
+                local=False,
             )
 
     # --- decisions -------------------------------------------------------------------------
@@ -370,6 +378,7 @@ class ApprovalWorkflow:
         event_type: str = "hitl.decided",
         error_code: str | None = None,
         audit_payload: dict[str, Any] | None = None,
+        local: bool = True,
     ) -> ApprovalRequest:
         """Write the end of the approval phase; callers hold the lock."""
         expected = self._current
@@ -392,6 +401,7 @@ class ApprovalWorkflow:
                 audit_payload=audit_payload or {},
                 error_code=error_code,
             ),
+            local=local,
         )
         self._approval = result.approval
         update = workflow.current_update_info()

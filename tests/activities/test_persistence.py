@@ -74,7 +74,7 @@ Sessions = async_sessionmaker[AsyncSession]
 @pytest.fixture
 def sessions(engine: AsyncEngine) -> Sessions:
     """Sessions on the test database, as ``worker.py`` builds them."""
-    return session_factory(engine)
+    return session_factory(engine, writer=True)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ async def served(
     else:
         url = sqlite_url
     engine = create_engine(url)
-    gw = await start_gateway(dev_env, session_factory(engine))
+    gw = await start_gateway(dev_env, session_factory(engine, writer=True))
     async with gw.worker:
         async for served in serve_api(gw, url, timeout_seconds=2):
             yield served

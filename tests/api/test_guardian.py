@@ -155,7 +155,7 @@ async def postgres_api(dev_env: WorkflowEnvironment) -> AsyncIterator[Api]:
     url = await create_postgres_database()
     await asyncio.to_thread(upgrade_to_head, url)
     engine = create_engine(url)
-    gw = await start_gateway(dev_env, session_factory(engine))
+    gw = await start_gateway(dev_env, session_factory(engine, writer=True))
     async with gw.worker:
         async for client in start_api(gw, url, rate_limit="1000/second"):
             yield client

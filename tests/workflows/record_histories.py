@@ -52,7 +52,7 @@ async def _record(tag: str) -> None:
         url = f"sqlite+aiosqlite:///{folder}/hitl.db"
         await asyncio.to_thread(upgrade_to_head, url)
         engine = create_engine(url)
-        gw = await start_gateway(env, session_factory(engine))
+        gw = await start_gateway(env, session_factory(engine, writer=True))
         decide = DecisionCommand(
             operator_id="alice", channel=DecisionChannel.API, comment="ok", correlation_id="c"
         )
