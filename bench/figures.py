@@ -179,6 +179,20 @@ class Bench:
                 return notified
             await asyncio.sleep(0.5)
 
+    async def _fill(self, count: int, prefix: str) -> list[uuid.UUID]:
+        """Create ``count`` pending approvals; those refused are counted as
+        ``<prefix>_create_errors`` (the ids of created ones are returned)."""
+        ids, refused = await self.gw.create_pending(count, concurrency=self.sizes.concurrency)
+        errors = self.m.values.get(f"{prefix}_create_errors", 0.0) + len(refused)
+        self.m.values[f"{prefix}_create_errors"] = errors
+        if refused:
+            sample = refused[0]
+            self.m.notes.append(
+                f"{prefix}: {len(refused)} of {count} creations answered other than 201, e.g."
+                f" {sample.status} after {sample.seconds:.1f} s: {sample.body}"
+            )
+        return ids
+
     async def _create_and_approve(self, _: int) -> tuple[uuid.UUID, bool]:
         trade_id, created = await self.gw.create()
         if created.status != httpx.codes.CREATED:
@@ -292,9 +306,7 @@ class Bench:
 
     async def latency(self) -> None:
         """Decision latency at a steady rate, over approvals created beforehand."""
-        ids = await self.gw.create_pending(
-            self.sizes.latency_decisions, concurrency=self.sizes.concurrency
-        )
+        ids = await self._fill(self.sizes.latency_decisions, "latency")
         await self._wait_notified(ids, seconds=15)
         await asyncio.sleep(self.sizes.settle_seconds)
         await self._decisions(ids, "latency")
@@ -366,7 +378,7 @@ class Bench:
         """Lock acknowledged → first refused decision, while decisions are attempted
         continuously; and no decision attempted after the acknowledgement may succeed."""
         sizes = self.sizes
-        ids = await self.gw.create_pending(sizes.effect_pending, concurrency=sizes.concurrency)
+        ids = await self._fill(sizes.effect_pending, "guardian")
         await self._wait_notified(ids, seconds=15)
         # One approval is kept back for the attempt at the acknowledgement, so that there is
         # always a decision attempted after it, however quickly the others were used up.
@@ -421,7 +433,7 @@ class Bench:
         assert self.stack.client is not None
         marker = datetime.now(UTC)
         await asyncio.sleep(0.01)
-        ids = await self.gw.create_pending(self.sizes.cascade, concurrency=self.sizes.concurrency)
+        ids = await self._fill(self.sizes.cascade, "cascade")
         await self._wait_notified(ids, seconds=30)
         await asyncio.sleep(self.sizes.settle_seconds)
         values = self.m.values
@@ -455,9 +467,7 @@ class Bench:
         values = self.m.values
         values["scale_rss_before_mb"] = worker.rss_mb()
         started = time.perf_counter()
-        ids = await self.gw.create_pending(
-            self.sizes.scale_pending, concurrency=self.sizes.concurrency
-        )
+        ids = await self._fill(self.sizes.scale_pending, "scale")
         values["scale_create_per_s"] = len(ids) / (time.perf_counter() - started)
         await self._wait_notified(ids[-200:], seconds=60)
         await asyncio.sleep(self.sizes.settle_seconds)

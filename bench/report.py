@@ -238,6 +238,10 @@ _CHECKS = (
     ("saturation: approvals not recorded ACCEPTED in the database", "saturation_not_recorded"),
     ("saturation: approvals whose notification the worker did not log", "saturation_not_notified"),
     ("latency: decisions not answered 200 ACCEPTED", "latency_errors"),
+    ("creations not answered 201 while filling: latency phase", "latency_create_errors"),
+    ("creations not answered 201 while filling: Guardian effect", "guardian_create_errors"),
+    ("creations not answered 201 while filling: cascade", "cascade_create_errors"),
+    ("creations not answered 201 while filling: scale", "scale_create_errors"),
     ("expiry: approvals not rejected with HITL_TIMEOUT", "expiry_not_timeout"),
     ("expiry: spread of the deadlines (s)", "expiry_deadline_spread_s"),
     (
