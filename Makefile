@@ -28,7 +28,8 @@ discord-bot: install
 
 # Speed and memory on the embedded stack; results in docs/benchmarks.md (about 25 minutes).
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/pip install --quiet 'py-spy>=0.4'
+	$(BIN)/python -m bench $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)') $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
