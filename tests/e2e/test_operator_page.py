@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -39,13 +36,10 @@ from playwright.async_api import (
     expect,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.routing import NoMatchFound
 from temporalio.testing import WorkflowEnvironment
 
-from api.main import create_app
-from api.routes import page as page_routes
-from tests.api.conftest import Served, api_settings, auth
-from tests.temporal_fixtures import Gateway, start_gateway, wait_until
+from tests.api.conftest import Served, auth, serve_api
+from tests.temporal_fixtures import start_gateway, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "operator-page"
@@ -65,75 +59,7 @@ PHONE = {"width": 375, "height": 740}
 expect.set_options(timeout=10_000)
 
 
-def _probe_app() -> FastAPI:
-    return create_app(
-        api_settings(
-            database_url="sqlite+aiosqlite://", temporal_address="127.0.0.1:1", task_queue="probe"
-        )
-    )
-
-
-def _has_page(app: FastAPI) -> bool:
-    # Routers are included lazily, so app.routes does not list them; the name lookup does.
-    try:
-        app.url_path_for("deep_link_page", trade_id="probe")
-    except NoMatchFound:
-        return False
-    return True
-
-
-_PATHS = set(_probe_app().openapi()["paths"])
-GUARDIAN_MISSING = not {"/api/guardian/status", "/api/guardian/lock"} <= _PATHS
-DEEP_LINKS_MISSING = not any(path.startswith("/api/hitl/deep-links/") for path in _PATHS)
-# Condition-bound and strict: once the endpoint lands these run as ordinary tests, and until then
-# a pass would be reported as a failure, so neither state can go unnoticed.
-needs_guardian = pytest.mark.xfail(
-    GUARDIAN_MISSING,
-    strict=True,
-    reason="GET /api/guardian/status and POST /api/guardian/lock|unlock are not in the API yet",
-)
-needs_deep_links = pytest.mark.xfail(
-    DEEP_LINKS_MISSING,
-    strict=True,
-    reason="GET /api/hitl/deep-links/{token} is not in the API yet",
-)
-
-
 # ---------------------------------------------------------------- the stack
-
-
-async def serve_with_page(gw: Gateway, database_url: str, **options: Any) -> AsyncIterator[Served]:
-    """The app with the approval page under uvicorn on a free loopback port (cf. ``serve_api``)."""
-    settings = api_settings(
-        database_url=database_url,
-        temporal_address=gw.env.client.service_client.config.target_host,
-        task_queue=gw.task_queue,
-        **options,
-    )
-    app = create_app(settings)
-    if not _has_page(app):
-        app.include_router(page_routes.router)  # until create_app registers the page itself
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield Served(
-            base_url=f"http://127.0.0.1:{port}",
-            ws_url=f"ws://127.0.0.1:{port}",
-            gw=gw,
-            settings=settings,
-        )
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture
@@ -147,7 +73,7 @@ async def stack(
     timeout_seconds: int = getattr(request, "param", 300)
     gw = await start_gateway(dev_env, sqlite_sessions)
     async with gw.worker:
-        async for served in serve_with_page(gw, sqlite_url, timeout_seconds=timeout_seconds):
+        async for served in serve_api(gw, sqlite_url, timeout_seconds=timeout_seconds):
             yield served
 
 
@@ -562,7 +488,6 @@ async def test_the_stream_resumes_after_a_dropped_connection_and_misses_nothing(
     await screen.shot("resumed")
 
 
-@needs_guardian
 async def test_a_guardian_lock_disables_decisions(
     screen: Screen, stack: Served, http: httpx.AsyncClient
 ) -> None:
@@ -615,7 +540,6 @@ async def issue_deep_link(http: httpx.AsyncClient, trade_id: str, stack: Served)
     )
 
 
-@needs_deep_links
 async def test_a_deep_link_lands_on_its_approval(
     screen: Screen, stack: Served, http: httpx.AsyncClient
 ) -> None:
