@@ -29,23 +29,17 @@ from hitl.messages import (
     workflow_id_for,
 )
 from hitl.models import DecisionReason, TradeStatus
-from hitl.tables import ApprovalRow, GuardianStateRow, approval_from_row
+from hitl.tables import (
+    ApprovalRow,
+    GuardianStateRow,
+    approval_from_row,
+    guardian_status_from_row,
+)
 
 log = structlog.get_logger(__name__)
 
 SIGNAL_CONCURRENCY = 100
 """Signals in flight at once during a fan-out (about 2 s for 1,000 on the dev server)."""
-
-
-def status_of(row: GuardianStateRow) -> GuardianStatus:
-    """The Guardian status a row holds."""
-    return GuardianStatus(
-        locked=row.locked,
-        reason=row.reason,
-        since=row.since,
-        changed_by=row.changed_by,
-        version=row.version,
-    )
 
 
 class GuardianActivities:
@@ -65,7 +59,7 @@ class GuardianActivities:
             guardian = await guardian_state(session, for_update=True)
             if guardian.locked:
                 return GuardianLockResult(
-                    status=status_of(guardian),
+                    status=guardian_status_from_row(guardian),
                     rejected=await self._rejected_by(session, guardian),
                 )
             guardian.locked = True
@@ -99,7 +93,7 @@ class GuardianActivities:
                     continue
                 await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
                 rejected.append(approval.trade_id)
-            status = status_of(guardian)
+            status = guardian_status_from_row(guardian)
         count_guardian_rejections(len(rejected))
         log.warning(
             "guardian locked",
@@ -148,7 +142,7 @@ class GuardianActivities:
                     payload={"reason": command.reason, "version": guardian.version},
                     idempotency_key=f"guardian:{guardian.version}",
                 )
-            status = status_of(guardian)
+            status = guardian_status_from_row(guardian)
         log.info(
             "guardian unlocked",
             correlation_id=command.correlation_id,

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hitl import metrics
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import GuardianStatus
-from hitl.tables import GuardianStateRow
+from hitl.tables import GuardianStateRow, guardian_status_from_row
 
 
 async def read_guardian(session: AsyncSession) -> GuardianStatus:
@@ -16,13 +16,7 @@ async def read_guardian(session: AsyncSession) -> GuardianStatus:
     row = (
         await session.execute(select(GuardianStateRow).where(GuardianStateRow.id == 1))
     ).scalar_one()
-    return GuardianStatus(
-        locked=row.locked,
-        reason=row.reason,
-        since=row.since,
-        changed_by=row.changed_by,
-        version=row.version,
-    )
+    return guardian_status_from_row(row)
 
 
 async def refuse_if_locked(session: AsyncSession) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hitl.db import Decimal8, UtcDateTime
-from hitl.messages import PostTradeSnapshot
+from hitl.messages import GuardianStatus, PostTradeSnapshot
 from hitl.models import ApprovalRequest, DecisionChannel, Side, TradeStatus
 
 NAMING_CONVENTION = {
@@ -238,4 +238,15 @@ def snapshot_from_row(row: PostTradeSnapshotRow, *, trade_id: uuid.UUID) -> Post
         price_deviation_pct=row.price_deviation_pct,
         correlation_id=row.correlation_id,
         created_at=row.created_at,
+    )
+
+
+def guardian_status_from_row(row: GuardianStateRow) -> GuardianStatus:
+    """The Guardian status a row holds."""
+    return GuardianStatus(
+        locked=row.locked,
+        reason=row.reason,
+        since=row.since,
+        changed_by=row.changed_by,
+        version=row.version,
     )
