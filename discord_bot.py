@@ -36,13 +36,13 @@ from activities.discord_notifier import (
     outcome_embed,
     use_api_base_url,
 )
-from hitl.db import create_engine, session_factory
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.messages import DecisionCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeStatus
 from hitl.settings import Settings, get_settings
-from hitl.tables import AuditRow
+from store.engine import create_engine, session_factory
+from store.tables import AuditRow
 from workflows.client import ApprovalClient
 
 # Named, not __name__: run as "python -m discord_bot" the module is "__main__".

@@ -25,9 +25,9 @@ from activities.market_data import MarketDataProvider, provider_from_settings
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from activities.quotes import MarketDataActivities
-from hitl.db import create_engine, session_factory
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
+from store.engine import create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
 

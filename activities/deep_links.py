@@ -17,7 +17,7 @@ from uuid import UUID
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hitl.tables import ApprovalRow, DeepLinkTokenRow
+from store.tables import ApprovalRow, DeepLinkTokenRow
 
 TOKEN_BYTES = 32
 """Entropy of a token: 256 bits, far beyond guessing."""

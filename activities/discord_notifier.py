@@ -45,7 +45,7 @@ from hitl.errors import ConfigurationError
 from hitl.messages import SYSTEM_ACTOR, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Decision, DecisionReason, TradeStatus
 from hitl.settings import Settings
-from hitl.tables import AuditRow
+from store.tables import AuditRow
 
 log = structlog.get_logger(__name__)
 

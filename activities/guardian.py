@@ -29,7 +29,7 @@ from hitl.messages import (
     workflow_id_for,
 )
 from hitl.models import DecisionReason, TradeStatus
-from hitl.tables import (
+from store.tables import (
     ApprovalRow,
     GuardianStateRow,
     approval_from_row,

@@ -34,7 +34,7 @@ from hitl.messages import (
 )
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from hitl.slippage import snapshot_figures
-from hitl.tables import (
+from store.tables import (
     ApprovalRow,
     AuditRow,
     EventRow,

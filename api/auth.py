@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
-from hitl.tables import ApiTokenRow
+from store.tables import ApiTokenRow
 
 
 class Role(StrEnum):

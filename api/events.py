@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hitl.tables import EventRow
+from store.tables import EventRow
 
 log = structlog.get_logger(__name__)
 

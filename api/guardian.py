@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hitl import metrics
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import GuardianStatus
-from hitl.tables import GuardianStateRow, guardian_status_from_row
+from store.tables import GuardianStateRow, guardian_status_from_row
 
 
 async def read_guardian(session: AsyncSession) -> GuardianStatus:

@@ -14,7 +14,7 @@ from api.schemas import ApprovalDetail, PendingApproval
 from hitl.errors import ErrorCode, HITLError
 from hitl.hashing import RowHasher
 from hitl.models import ApprovalRequest, TradeStatus
-from hitl.tables import ApprovalRow, PostTradeSnapshotRow, approval_from_row, snapshot_from_row
+from store.tables import ApprovalRow, PostTradeSnapshotRow, approval_from_row, snapshot_from_row
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.auth import Principal, parse_declared_tokens
 from api.events import EventWaker
-from hitl.db import create_engine, session_factory
 from hitl.errors import ErrorCode, HITLError
 from hitl.settings import Settings
-from hitl.tables import AuditRow
+from store.engine import create_engine, session_factory
+from store.tables import AuditRow
 from workflows.client import ApprovalClient, GuardianClient
 
 T = TypeVar("T")

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 
 from api.auth import Role, issue_token
-from hitl.db import create_engine, session_factory
 from hitl.errors import ConfigurationError
 from hitl.settings import get_settings
-from hitl.tables import ApiTokenRow
+from store.engine import create_engine, session_factory
+from store.tables import ApiTokenRow
 
 
 async def _issue(url: str, principal: str, role: Role) -> str:

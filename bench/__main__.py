@@ -30,7 +30,7 @@ from bench.figures import QUICK, Bench, Measurement, Sizes
 from bench.floor import quiet_logs
 from bench.report import Context, code_version, render
 from bench.stack import DEFAULT_PRAGMAS, REPO, Stack, StackConfig
-from hitl.db import create_engine
+from store.engine import create_engine
 
 PHASES = (
     "saturation",

@@ -39,7 +39,7 @@ from bench.profile import Profile, py_spy, record, summarise
 from bench.stack import OPERATOR, Stack
 from hitl.messages import ApprovalPolicy
 from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
-from hitl.tables import ApprovalRow, AuditRow
+from store.tables import ApprovalRow, AuditRow
 from workflows.client import ApprovalClient
 
 POLL_SECONDS = 0.05

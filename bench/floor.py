@@ -18,7 +18,6 @@ from activities.market_data import SimulatedMarketData
 from activities.persistence import PersistenceActivities
 from bench.driver import INSTRUMENT, bounded_map
 from bench.stack import OPERATOR
-from hitl.db import create_engine, session_factory
 from hitl.logs import configure_logging
 from hitl.messages import RecordDecisionInput, RecordRequestInput, RecordSnapshotInput
 from hitl.models import (
@@ -30,6 +29,7 @@ from hitl.models import (
     TradeStatus,
 )
 from hitl.slippage import SlippageGuard
+from store.engine import create_engine, session_factory
 
 
 def quiet_logs(log_path: Path) -> None:

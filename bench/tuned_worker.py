@@ -26,9 +26,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.market_data import provider_from_settings
 from activities.notifications import ConsoleNotifier
-from hitl.db import create_engine, session_factory
 from hitl.logs import configure_logging
 from hitl.settings import get_settings
+from store.engine import create_engine, session_factory
 from worker import _runtime_with_sdk_metrics, _SdkMetrics, activities_for, connect
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow

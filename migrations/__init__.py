@@ -1,1 +1,1 @@
-"""Alembic migrations for the schema in ``hitl.tables``; ``migrations.runner`` applies them."""
+"""Alembic migrations for the schema in ``store.tables``; ``migrations.runner`` applies them."""

@@ -13,8 +13,8 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
 
-from hitl.db import create_engine
-from hitl.tables import Base
+from store.engine import create_engine
+from store.tables import Base
 
 config = context.config
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hitl.db import create_engine
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine
 
 POSTGRES_URL = os.environ.get(
     "HITL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -20,10 +20,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.market_data import MarketDataProvider, SimulatedMarketData
-from hitl.db import create_engine, session_factory
 from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine, session_factory
 from worker import activities_for, build_worker
 from workflows.client import ApprovalClient
 

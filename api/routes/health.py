@@ -16,7 +16,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from api.deps import ServicesDep, SessionDep
 from hitl import metrics as hitl_metrics
 from hitl.models import TradeStatus
-from hitl.tables import ApprovalRow
+from store.tables import ApprovalRow
 
 router = APIRouter(tags=["health"])
 

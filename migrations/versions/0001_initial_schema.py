@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from hitl.db import Decimal8, UtcDateTime
+from store.engine import Decimal8, UtcDateTime
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Written out rather than imported from hitl.tables: a migration must keep creating the schema
-# of its own day after the models move on. The tests compare the result with hitl.tables.
+# Written out rather than imported from store.tables: a migration must keep creating the schema
+# of its own day after the models move on. The tests compare the result with store.tables.
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, PostgreSQL wants BIGINT identities.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -66,7 +66,7 @@ SQLITE_TRIGGERS: tuple[tuple[str, str, str], ...] = (
 
 
 def upgrade() -> None:
-    """Create every table, index and constraint of ``hitl.tables``, then the SEC-080 guards."""
+    """Create every table, index and constraint of ``store.tables``, then the SEC-080 guards."""
     op.create_table(
         "hitl_approvals",
         sa.Column("id", BigId, nullable=False, autoincrement=True),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from hitl.db import UtcDateTime
+from store.engine import UtcDateTime
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"

@@ -24,7 +24,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.persistence import PersistenceActivities
-from hitl.db import session_factory
 from hitl.decimals import PLACES, QUANTUM
 from hitl.errors import ErrorCode
 from hitl.hashing import RowHasher
@@ -46,7 +45,8 @@ from hitl.models import (
     TradeProposal,
     TradeStatus,
 )
-from hitl.tables import (
+from store.engine import session_factory
+from store.tables import (
     ApprovalRow,
     AuditRow,
     EventRow,

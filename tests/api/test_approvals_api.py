@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
 
 from hitl.models import TradeStatus
-from hitl.tables import ApprovalRow, AuditRow
+from store.tables import ApprovalRow, AuditRow
 from tests.api.conftest import Api, auth, start_api
 from tests.temporal_fixtures import start_gateway, wait_until
 

@@ -14,8 +14,8 @@ import pytest
 import websockets
 from temporalio.testing import WorkflowEnvironment
 
-from hitl.db import create_engine, session_factory
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine, session_factory
 from tests.api.conftest import Served, auth, serve_api
 from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.temporal_fixtures import start_gateway

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
 
-from hitl.db import create_engine, session_factory
-from hitl.tables import ApprovalRow, AuditRow, EventRow
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine, session_factory
+from store.tables import ApprovalRow, AuditRow, EventRow
 from tests.api.conftest import Api, auth, start_api
 from tests.api.test_approvals_api import assert_error, create, proposal_body
 from tests.conftest import create_postgres_database, drop_postgres_database

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from hitl.logs import REQUIRED_KEYS, configure_logging
-from hitl.tables import AuditRow
+from store.tables import AuditRow
 from tests.api.conftest import Api, auth
 from tests.api.test_approvals_api import create
 from tests.api.test_guardian import lock, unlock

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from hitl.tables import ApiTokenRow
+from store.tables import ApiTokenRow
 from tests.api.conftest import Api
 
 

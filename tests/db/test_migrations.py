@@ -1,4 +1,4 @@
-"""Migrations: up, down and up again on both databases, leaving the ``hitl.tables`` schema."""
+"""Migrations: up, down and up again on both databases, leaving the ``store.tables`` schema."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from sqlalchemy import CheckConstraint, inspect, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hitl.db import create_engine
-from hitl.tables import Base
 from migrations.runner import downgrade_to_base, upgrade_to_head
+from store.engine import create_engine
+from store.tables import Base
 
 REPO = Path(__file__).resolve().parents[2]
 

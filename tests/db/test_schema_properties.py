@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from hitl.db import Decimal8, session_factory
 from hitl.decimals import PLACES
 from hitl.models import DecisionChannel, Side, TradeStatus
-from hitl.tables import ApprovalRow, AuditRow, Base, EventRow, PostTradeSnapshotRow
+from store.engine import Decimal8, session_factory
+from store.tables import ApprovalRow, AuditRow, Base, EventRow, PostTradeSnapshotRow
 
 SMALLEST = Decimal("0.00000001")
 LARGEST = Decimal("9999999999.99999999")  # 10 integer digits, 8 places: NUMERIC(18,8)'s limit

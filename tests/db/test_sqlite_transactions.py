@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from hitl.db import create_engine, session_factory
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine, session_factory
 
 
 async def test_a_read_then_write_transaction_excludes_other_writers(tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ from activities.notifications import ConsoleNotifier, NotificationActivities, No
 from api.main import create_app
 from api.routes import deep_links
 from discord_bot import ApprovalBot, DecisionDesk, parse_operators, run
-from hitl.db import session_factory
 from hitl.errors import ConfigurationError, ErrorCode
 from hitl.messages import (
     ApprovalPolicy,
@@ -45,7 +44,8 @@ from hitl.messages import (
 )
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from hitl.settings import DiscordSettings, Settings, load_settings
-from hitl.tables import ApprovalRow, AuditRow, DeepLinkTokenRow
+from store.engine import session_factory
+from store.tables import ApprovalRow, AuditRow, DeepLinkTokenRow
 from tests.api.conftest import api_settings
 from tests.discord.fake_discord import (
     CHANNEL_MESSAGE,

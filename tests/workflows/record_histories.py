@@ -19,7 +19,6 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from hitl.db import create_engine, session_factory
 from hitl.errors import HITLError
 from hitl.messages import (
     DecisionCommand,
@@ -29,6 +28,7 @@ from hitl.messages import (
 )
 from hitl.models import ApprovalRequest, DecisionChannel, TradeStatus
 from migrations.runner import upgrade_to_head
+from store.engine import create_engine, session_factory
 from tests.temporal_fixtures import BIN, make_proposal, start_gateway
 from workflows.client import GuardianClient
 

@@ -15,7 +15,7 @@ from hitl.errors import ErrorCode, HITLError
 from hitl.hashing import RowHasher
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
-from hitl.tables import ApprovalRow, AuditRow, EventRow, PostTradeSnapshotRow, approval_from_row
+from store.tables import ApprovalRow, AuditRow, EventRow, PostTradeSnapshotRow, approval_from_row
 from tests.temporal_fixtures import Gateway, make_proposal, wait_until
 
 

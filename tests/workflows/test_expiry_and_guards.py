@@ -17,7 +17,7 @@ from activities.market_data import HttpMarketData
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import LifecycleCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
-from hitl.tables import ApprovalRow
+from store.tables import ApprovalRow
 from tests.temporal_fixtures import Gateway, make_proposal, start_gateway, wait_until
 from tests.workflows.test_approval_paths import audits, command, events, requested, stored
 

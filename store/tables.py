@@ -28,9 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hitl.db import Decimal8, UtcDateTime
 from hitl.messages import GuardianStatus, PostTradeSnapshot
 from hitl.models import ApprovalRequest, DecisionChannel, Side, TradeStatus
+from store.engine import Decimal8, UtcDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
