@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth import Principal, Role, authenticate
+from api.auth import authenticate
 from api.correlation import current_correlation_id
 from api.services import Services
 from hitl.errors import ErrorCode, HITLError
+from hitl.principals import Principal, Role
 
 
 def get_services(request: Request) -> Services:

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from api.auth import Principal, parse_declared_tokens
 from api.events import EventWaker
 from hitl.errors import ErrorCode, HITLError
+from hitl.principals import Principal, parse_declared_tokens
 from hitl.settings import Settings
 from store.engine import create_engine, session_factory
 from store.tables import AuditRow

@@ -10,22 +10,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
-from sqlalchemy import select, update
-
-from api.auth import Role, issue_token
 from hitl.errors import ConfigurationError
+from hitl.principals import Role
 from hitl.settings import get_settings
 from store.engine import create_engine, session_factory
-from store.tables import ApiTokenRow
+from store.tokens import TokenInfo, issue_token, list_tokens, revoke_tokens
 
 
 async def _issue(url: str, principal: str, role: Role) -> str:
     engine = create_engine(url)
     try:
-        async with session_factory(engine).begin() as session:
-            return await issue_token(session, principal=principal, role=role)
+        return await issue_token(session_factory(engine), principal=principal, role=role)
     finally:
         await engine.dispose()
 
@@ -33,23 +29,15 @@ async def _issue(url: str, principal: str, role: Role) -> str:
 async def _revoke(url: str, principal: str) -> int:
     engine = create_engine(url)
     try:
-        async with session_factory(engine).begin() as session:
-            result = await session.execute(
-                update(ApiTokenRow)
-                .where(ApiTokenRow.principal == principal, ApiTokenRow.revoked_at.is_(None))
-                .values(revoked_at=datetime.now(UTC))
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+        return await revoke_tokens(session_factory(engine), principal=principal)
     finally:
         await engine.dispose()
 
 
-async def _list(url: str) -> list[ApiTokenRow]:
+async def _list(url: str) -> list[TokenInfo]:
     engine = create_engine(url)
     try:
-        async with session_factory(engine)() as session:
-            rows = await session.execute(select(ApiTokenRow).order_by(ApiTokenRow.id))
-            return list(rows.scalars())
+        return await list_tokens(session_factory(engine))
     finally:
         await engine.dispose()
 
@@ -78,11 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"revoked {count} token(s) of {args.principal}")
         return 0 if count else 1
     else:
-        for row in asyncio.run(_list(url)):
+        for number, row in enumerate(asyncio.run(_list(url)), start=1):
             state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-            print(
-                f"{row.id}\t{row.principal}\t{row.role}\t{row.created_at:%Y-%m-%d %H:%M}\t{state}"
-            )
+            created = f"{row.created_at:%Y-%m-%d %H:%M}"
+            print(f"{number}\t{row.principal}\t{row.role}\t{created}\t{state}")
     return 0
 
 

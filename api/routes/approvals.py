@@ -7,7 +7,6 @@ from uuid import UUID
 
 from fastapi import APIRouter
 
-from api.auth import Principal
 from api.deps import (
     BotDep,
     CorrelationIdDep,
@@ -33,6 +32,7 @@ from api.services import Services
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposal, TradeStatus
+from hitl.principals import Principal
 
 router = APIRouter(prefix="/api/hitl", tags=["approvals"])
 
