@@ -21,10 +21,10 @@ from temporalio.worker import Worker
 
 from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
-from activities.market_data import MarketDataProvider, provider_from_settings
+from activities.market_providers import MarketDataProvider, provider_from_settings
+from activities.market_quotes import MarketDataActivities
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
-from activities.quotes import MarketDataActivities
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
 from store.engine import create_engine, session_factory

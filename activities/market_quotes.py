@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.market_data import MarketDataError, MarketDataFailure, MarketDataProvider
+from activities.market_providers import MarketDataError, MarketDataFailure, MarketDataProvider
 from hitl.errors import ErrorCode
 from hitl.market import MarketQuote
 from hitl.messages import FetchQuoteInput

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from bench.stack import TOKENS
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from activities.persistence import PersistenceActivities
 from bench.driver import INSTRUMENT, bounded_map
 from bench.stack import OPERATOR

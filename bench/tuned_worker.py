@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, start_http_server
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.market_data import provider_from_settings
+from activities.market_providers import provider_from_settings
 from activities.notifications import ConsoleNotifier
 from hitl.logs import configure_logging
 from hitl.settings import get_settings

@@ -14,7 +14,7 @@ from typing import TextIO
 
 import httpx
 
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from hitl.models import Side
 
 DEMO_INSTRUMENTS = ("EUR/USD", "GBP/USD", "USD/JPY")

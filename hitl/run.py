@@ -34,7 +34,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from hitl.demo_bot import run_demo_bot
 from hitl.errors import ConfigurationError
 from hitl.logs import configure_logging

@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.market_data import MarketDataProvider, SimulatedMarketData
+from activities.market_providers import MarketDataProvider, SimulatedMarketData
 from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from migrations.runner import upgrade_to_head

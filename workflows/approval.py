@@ -18,9 +18,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.market_quotes import MarketDataActivities
     from activities.notifications import NotificationActivities
     from activities.persistence import PersistenceActivities
-    from activities.quotes import MarketDataActivities
     from hitl.decisions import refusal_for_decided
     from hitl.errors import ErrorCode
     from hitl.lifecycle import TERMINAL_STATES, validate_transition

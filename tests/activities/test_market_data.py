@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from activities.market_data import (
+from activities.market_providers import (
     HttpMarketData,
     MarketDataError,
     MarketDataFailure,

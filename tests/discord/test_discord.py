@@ -30,7 +30,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.deep_links import consume_deep_link, hash_token, issue_deep_link
 from activities.discord_notifier import DiscordNotifier, notifier_from_settings
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
 from api.main import create_app
 from api.routes import deep_links

@@ -25,7 +25,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from activities.market_data import SimulatedMarketData
+from activities.market_providers import SimulatedMarketData
 from hitl.run import READY_LINE, TOKENS_FILE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
 
-from activities.market_data import HttpMarketData
+from activities.market_providers import HttpMarketData
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import LifecycleCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus

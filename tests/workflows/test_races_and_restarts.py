@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.market_data import MarketDataError, MarketDataFailure, SimulatedMarketData
+from activities.market_providers import MarketDataError, MarketDataFailure, SimulatedMarketData
 from hitl.errors import ErrorCode, HITLError
 from hitl.market import MarketQuote
 from hitl.models import ApprovalRequest, DecisionReason, TradeStatus
