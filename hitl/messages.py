@@ -145,7 +145,7 @@ class RecordSnapshotInput(_Message):
 
 
 class PostTradeSnapshot(_Message):
-    """The market context right after acceptance (the plan's Property 13)."""
+    """The market context right after acceptance (the seed's Property 13)."""
 
     trade_id: UUID
     bid: Decimal

@@ -1,4 +1,4 @@
-"""Prometheus metrics, named as the plan's section 17.2 names them. Defined once here; the worker
+"""Prometheus metrics, named as the seed's section 17.2 names them. Defined once here; the worker
 and the API each expose their own process's values on ``/metrics``."""
 
 from __future__ import annotations

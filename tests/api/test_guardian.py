@@ -48,7 +48,7 @@ async def rows(api: Api) -> dict[str, ApprovalRow]:
 
 
 async def test_guardian_lock_cascade_rejects_every_pending_approval(api: Api) -> None:
-    """The plan's end-to-end test 20.4."""
+    """The seed's end-to-end test 20.4."""
     before = blocked()
     pending = [(await create(api))["trade_id"] for _ in range(5)]
     status = await lock(api)

@@ -1,4 +1,4 @@
-"""Logs an operator can use and metrics that count what happened: the plan's Properties 9
+"""Logs an operator can use and metrics that count what happened: the seed's Properties 9
 (every operation moves the right counter) and 10 (every decision leaves a complete audit
 record), and JSON log lines that all carry correlation id, actor, action and result."""
 

@@ -1,4 +1,4 @@
-"""Row hashing: Property 4 of the plan (row hash round-trip integrity), pure part."""
+"""Row hashing: Property 4 of the seed (row hash round-trip integrity), pure part."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trade lifecycle: Properties 1 and 2 of the plan (valid transitions, SEC-030 otherwise)."""
+"""The trade lifecycle: Properties 1 and 2 of the seed (valid transitions, SEC-030 otherwise)."""
 
 from __future__ import annotations
 

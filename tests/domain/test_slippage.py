@@ -1,4 +1,4 @@
-"""Slippage and snapshot arithmetic: Properties 6 and 13 of the plan.
+"""Slippage and snapshot arithmetic: Properties 6 and 13 of the seed.
 
 The expected figures are computed here independently, with exact fractions rounded once
 (half-even) to 8 places, never with the code under test.
