@@ -82,7 +82,7 @@ def build_worker(
     )
 
 
-class _SdkMetrics(Collector):
+class SdkMetrics(Collector):
     """Re-exports the Temporal SDK's own Prometheus metrics on our metrics port, so one port
     serves both."""
 
@@ -106,7 +106,9 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _runtime_with_sdk_metrics() -> tuple[Runtime, str]:
+def runtime_with_sdk_metrics() -> tuple[Runtime, str]:
+    """A Temporal runtime exporting the SDK's metrics on a free loopback port, and their URL
+    (for :class:`SdkMetrics`)."""
     address = f"127.0.0.1:{_free_loopback_port()}"
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
     return runtime, f"http://{address}/metrics"
@@ -126,8 +128,8 @@ async def main() -> None:
     """Run the worker until SIGINT or SIGTERM, then shut down gracefully."""
     settings = get_settings()
     configure_logging()
-    runtime, sdk_metrics_url = _runtime_with_sdk_metrics()
-    REGISTRY.register(_SdkMetrics(sdk_metrics_url))
+    runtime, sdk_metrics_url = runtime_with_sdk_metrics()
+    REGISTRY.register(SdkMetrics(sdk_metrics_url))
     start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     client = await connect(settings, runtime)
     engine = create_engine(settings.database_url)

@@ -29,7 +29,7 @@ from activities.notifications import ConsoleNotifier
 from hitl.logs import configure_logging
 from hitl.settings import get_settings
 from store.engine import create_engine, session_factory
-from worker import _runtime_with_sdk_metrics, _SdkMetrics, activities_for, connect
+from worker import SdkMetrics, activities_for, connect, runtime_with_sdk_metrics
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
 
@@ -53,8 +53,8 @@ async def main() -> None:
     """Run the tuned worker until SIGINT or SIGTERM."""
     settings = get_settings()
     configure_logging()
-    runtime, sdk_metrics_url = _runtime_with_sdk_metrics()
-    REGISTRY.register(_SdkMetrics(sdk_metrics_url))
+    runtime, sdk_metrics_url = runtime_with_sdk_metrics()
+    REGISTRY.register(SdkMetrics(sdk_metrics_url))
     start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     client = await connect(settings, runtime)
     engine = create_engine(settings.database_url)
