@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m hitl.run
+	$(BIN)/python -m launcher.run
 
 demo: install
-	$(BIN)/python -m hitl.run --demo
+	$(BIN)/python -m launcher.run --demo
 
 # The Discord bot (docs/discord.md): needs DISCORD_BOT_TOKEN and DISCORD_OPERATORS, and a running
 # gateway (`make run`) for Temporal and the database.

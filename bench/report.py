@@ -20,7 +20,7 @@ from bench import procs
 from bench.driver import median
 from bench.figures import Measurement, Sizes
 from bench.profile import Profile
-from hitl.run import temporal_binary
+from launcher.run import temporal_binary
 
 _REPO = Path(__file__).resolve().parents[1]
 

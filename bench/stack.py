@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import procs
-from hitl.run import _ORPHAN_GUARD, temporal_binary
+from launcher.run import _ORPHAN_GUARD, temporal_binary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""``make run`` end to end: ``python -m hitl.run`` serves, approves, stops on Ctrl-C and resumes.
+"""``make run`` end to end: the supervisor serves, approves, stops on Ctrl-C and resumes.
 
 Real processes on free ports: the Temporal dev server, the worker and the API under the supervisor,
 talked to over HTTP exactly as a bot and an operator would.
@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from activities.market_providers import SimulatedMarketData
-from hitl.run import READY_LINE, TOKENS_FILE
+from launcher.run import READY_LINE, TOKENS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 READY_SECONDS = 45.0
@@ -49,13 +49,13 @@ def _answers(port: int) -> bool:
 
 
 class Gateway:
-    """One ``python -m hitl.run`` process; its stdout is drained by a thread and kept."""
+    """One ``python -m launcher.run`` process; its stdout is drained by a thread and kept."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self._log: IO[str] = log_path.open("a", encoding="utf-8")
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hitl.run"],
+            [sys.executable, "-m", "launcher.run"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -87,7 +87,7 @@ class Gateway:
             record
             for record in records
             if isinstance(record, dict)
-            and record.get("logger") == "hitl.run"
+            and record.get("logger") == "launcher.run"
             and record.get("event") == event
         ]
 

@@ -1,6 +1,6 @@
 """``make run``: the whole gateway on embedded defaults, as a supervisor of child processes.
 
-``python -m hitl.run [--demo]`` prepares the data folder and development defaults, migrates the
+``python -m launcher.run [--demo]`` prepares the data folder and development defaults, migrates the
 database, starts the Temporal dev server (unless ``TEMPORAL_ADDRESS`` already answers), the worker,
 the API and, when ``DISCORD_BOT_TOKEN`` is set, the Discord bot, waits until they are ready and
 prints where everything is. Ctrl-C stops them in reverse order; starting again on the same data
@@ -35,14 +35,14 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Describe
 from temporalio.client import Client
 
 from activities.market_providers import SimulatedMarketData
-from hitl.demo_bot import run_demo_bot
 from hitl.errors import ConfigurationError
 from hitl.logs import configure_logging
 from hitl.settings import Settings, load_settings
+from launcher.demo_bot import run_demo_bot
 from migrations.runner import upgrade_to_head
 
-# Named, not __name__: run as "python -m hitl.run" the module is "__main__".
-log = structlog.get_logger("hitl.run")
+# Named, not __name__: run as "python -m launcher.run" the module is "__main__".
+log = structlog.get_logger("launcher.run")
 
 T = TypeVar("T")
 
@@ -655,7 +655,7 @@ async def supervise(
         assert isinstance(child, Child)
         raise ChildExited(child.name, child.process.returncode or 0)
     except StartupError as exc:
-        print(f"hitl.run: {exc}; stopping the gateway", file=sys.stderr, flush=True)
+        print(f"hitl run: {exc}; stopping the gateway", file=sys.stderr, flush=True)
         return EXIT_FAILURE
     finally:
         if demo is not None:
@@ -669,7 +669,7 @@ async def supervise(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m hitl.run",
+        prog="python -m launcher.run",
         description="Run the HITL Approval Gateway (Temporal dev server, worker, API).",
     )
     parser.add_argument(
@@ -703,10 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if demo_bot is None:
                 raise ConfigurationError("HITL_API_TOKENS", "has no bot token for --demo")
     except ConfigurationError as exc:
-        print(f"hitl.run: {exc}", file=sys.stderr)
+        print(f"hitl run: {exc}", file=sys.stderr)
         return EXIT_CONFIGURATION
     except StartupError as exc:
-        print(f"hitl.run: {exc}", file=sys.stderr)
+        print(f"hitl run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     # Synchronous and runs its own event loop, so before ours starts.
     upgrade_to_head(settings.database_url)
