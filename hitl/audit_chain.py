@@ -1,0 +1,423 @@
+"""The audit log as a keyed hash chain, and its verifier (pure: no database, no clock).
+
+Every audit entry gets a gapless sequence number ``seq`` (1, 2, 3, ...), a MAC over its content
+(:mod:`hitl.record_mac`, kind ``audit``) and a chain value::
+
+    chain_0 = genesis_chain(count, digest)           # entries written before the chain existed
+    chain_n = HMAC(key_n, chain_{n-1} ":" mac_n ":" n)
+
+The chain is keyed, so someone who can write the database and read this code still cannot
+rebuild it after deleting, inserting or reordering entries. What the chain cannot see alone (the
+*latest* entries deleted together with the head row rewritten) is caught by checkpoints of the
+head kept outside the database.
+
+:class:`ChainVerifier` reads entries in ``seq`` order one at a time (constant memory: a
+database of any size streams through it) and reports the FIRST problem as a :class:`Finding`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from hitl.hashing import RowHasher
+from hitl.record_mac import (
+    MacCheck,
+    RecordKeys,
+    RecordKind,
+    RecordSigner,
+    compute_mac,
+    same_digest,
+)
+
+GENESIS_TAG = b"hitl-audit-genesis-v1"
+
+AUDIT_CONTENT_FIELDS = (
+    "actor_id",
+    "action",
+    "target_type",
+    "target_id",
+    "previous_state",
+    "new_state",
+    "payload",
+    "correlation_id",
+    "error_code",
+    "created_at",
+    "idempotency_key",
+    "record_mac",
+)
+"""The columns of an audit entry its MAC covers. ``record_mac`` is the MAC of the approval (or
+Guardian state, or snapshot) as the entry left it, so a row can be checked against its trail."""
+
+LEGACY_CONTENT_FIELDS = AUDIT_CONTENT_FIELDS[:-1]
+"""The columns of an entry written before the chain existed (it has no ``record_mac``)."""
+
+
+class ProblemKind(StrEnum):
+    """What is wrong with the record, as ``hitl audit verify`` names it."""
+
+    EDITED = "edited"
+    """An entry's content is not what the gateway wrote (its MAC does not match)."""
+    MISSING = "missing"
+    """Sequence numbers are missing: entries were deleted."""
+    INSERTED = "inserted"
+    """An entry the gateway never wrote (a forged MAC and chain, a duplicate sequence number,
+    entries beyond the chain head)."""
+    REORDERED = "reordered"
+    """A genuine entry stands at a place it was not written at (its MAC holds, its link not)."""
+    APPROVAL_DIFFERS = "approval differs from its trail"
+    """An approval row is not the state its last audit entry recorded (or has no valid MAC)."""
+    MISSING_TAIL = "missing tail"
+    """The latest entries are gone: a checkpoint (or the head row) recorded a longer chain."""
+    CHECKPOINT_MISMATCH = "checkpoint mismatch"
+    """The chain at a checkpointed position is not what the checkpoint recorded."""
+    UNKNOWN_KEY = "unknown key id"
+    """A MAC names a key the RECORD keyring does not hold."""
+    GENESIS_MISMATCH = "genesis mismatch"
+    """The entries written before the chain are not those the genesis record counted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """The first problem found, with what identifies it."""
+
+    kind: ProblemKind
+    detail: str
+    seq: int | None = None
+    entry_id: int | None = None
+    target_id: str | None = None
+
+    def describe(self) -> str:
+        """One line for an auditor: which entry, what is wrong."""
+        where = []
+        if self.seq is not None:
+            where.append(f"seq {self.seq}")
+        if self.entry_id is not None:
+            where.append(f"id {self.entry_id}")
+        if self.target_id is not None:
+            where.append(f"trade {self.target_id}")
+        place = f" at {', '.join(where)}" if where else ""
+        return f"{self.kind.value}{place}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The chain's latest position: the last sequence number and its chain value."""
+
+    seq: int
+    chain: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """A chain head recorded outside the database (a file line, a workflow's history)."""
+
+    seq: int
+    chain: str
+    source: str
+    """Where it was recorded, for the report (``audit-checkpoints.jsonl line 12``)."""
+    at: datetime | None = None
+
+
+class ChainEntry(NamedTuple):
+    """One stored audit entry as the verifier reads it (a tuple: cheap per row)."""
+
+    entry_id: int
+    seq: int
+    key_id: str | None
+    mac: str | None
+    chain: str | None
+    content: Mapping[str, Any]
+    """The values of :data:`AUDIT_CONTENT_FIELDS` (Python values: datetimes, dicts)."""
+
+
+class Link(NamedTuple):
+    """What an append stores beside an entry's content."""
+
+    seq: int
+    key_id: str
+    mac: str
+    chain: str
+
+
+def genesis_chain(count: int, digest: str) -> str:
+    """``chain_0``: commits to the entries written before the chain (their count and digest).
+
+    Unkeyed on purpose (the migration that creates it has no key); ``chain_1`` is keyed and
+    commits to it, so changing a legacy entry still breaks a link nobody can recompute.
+    """
+    message = b"\x00".join((GENESIS_TAG, str(count).encode(), digest.encode("ascii")))
+    return hashlib.sha256(message).hexdigest()
+
+
+class LegacyDigest:
+    """SHA-256 over the entries written before the chain, in ``id`` order (streaming)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(GENESIS_TAG)
+        self.count = 0
+
+    def update(self, content: Mapping[str, Any]) -> None:
+        """Add one legacy entry (its :data:`LEGACY_CONTENT_FIELDS`)."""
+        text = RowHasher.canonical_json(
+            {name: content[name] for name in LEGACY_CONTENT_FIELDS}
+        ).encode("ascii")
+        # Length-prefixed, so no two sequences of entries hash alike.
+        self._hash.update(len(text).to_bytes(8, "big") + text)
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        """The digest of the entries added so far."""
+        return self._hash.hexdigest()
+
+    def head(self) -> ChainHead:
+        """The genesis head: seq 0 and ``chain_0``."""
+        return ChainHead(0, genesis_chain(self.count, self.hexdigest()))
+
+
+def link_value(secret: bytes, previous: str, mac: str, seq: int) -> str:
+    """``chain_seq`` from ``chain_{seq-1}`` and the entry's MAC."""
+    message = b"%s:%s:%d" % (previous.encode("utf-8"), mac.encode("utf-8"), seq)
+    return hmac.digest(secret, message, "sha256").hex()
+
+
+def audit_content(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The MAC'd content of an audit entry: exactly :data:`AUDIT_CONTENT_FIELDS` of ``values``."""
+    return {name: values.get(name) for name in AUDIT_CONTENT_FIELDS}
+
+
+def next_link(keys: RecordKeys, head: ChainHead, content: Mapping[str, Any]) -> Link:
+    """The sequence number, MAC and chain value of an entry appended after ``head``."""
+    key = keys.active()
+    mac = compute_mac(key.secret, kind=RecordKind.AUDIT, key_id=key.id, fields=content)
+    seq = head.seq + 1
+    return Link(seq, key.id, mac, link_value(key.secret, head.chain, mac, seq))
+
+
+class ChainVerifier:
+    """Checks entries fed in ``seq`` order from ``start``; remembers only the previous link.
+
+    ``start`` is the genesis head for a full check, or the head a previous check ended at for an
+    incremental one. ``checkpoints`` are heads recorded outside the database; those past
+    ``start`` are checked as the entries reach them, and one beyond the last entry means the
+    tail was deleted.
+    """
+
+    def __init__(
+        self, keys: RecordKeys, *, start: ChainHead, checkpoints: Iterable[Checkpoint] = ()
+    ) -> None:
+        self._signer = RecordSigner(keys)
+        self._seq = start.seq
+        self._chain = start.chain
+        self._ahead = sorted(
+            (c for c in checkpoints if c.seq >= start.seq), key=lambda c: c.seq, reverse=True
+        )
+        self.checked = 0
+        """How many entries passed."""
+        self.finding: Finding | None = None
+        """The first problem, once found; later calls change nothing."""
+        self.finding = self._checkpoints_reached()
+
+    @property
+    def head(self) -> ChainHead:
+        """The last position verified."""
+        return ChainHead(self._seq, self._chain)
+
+    def feed(self, entry: ChainEntry) -> Finding | None:
+        """Check the next entry; the first problem found (now or before), else None."""
+        if self.finding is not None:
+            return self.finding
+        self.finding = self._check(entry)
+        return self.finding
+
+    def _check(self, entry: ChainEntry) -> Finding | None:
+        expected = self._seq + 1
+        target = _target(entry.content)
+        if entry.seq > expected:
+            gap = f"{expected}" if entry.seq == expected + 1 else f"{expected}..{entry.seq - 1}"
+            return Finding(
+                kind=ProblemKind.MISSING,
+                detail=f"entries with seq {gap} are missing (deleted)",
+                seq=expected,
+            )
+        if entry.seq < expected:
+            return Finding(
+                kind=ProblemKind.INSERTED,
+                detail=f"a second entry claims seq {entry.seq}",
+                seq=entry.seq,
+                entry_id=entry.entry_id,
+                target_id=target,
+            )
+        at = entry.content["created_at"]
+        secret = self._signer.secret(entry.key_id, at) if entry.key_id else None
+        if secret is None or not entry.mac or not entry.chain:
+            kind = ProblemKind.UNKNOWN_KEY if entry.key_id else ProblemKind.INSERTED
+            return Finding(
+                kind=kind,
+                detail=(
+                    f"key {entry.key_id!r} is not in the RECORD keyring"
+                    if entry.key_id
+                    else "the entry has no MAC: the gateway did not write it"
+                ),
+                seq=entry.seq,
+                entry_id=entry.entry_id,
+                target_id=target,
+            )
+        key_id = entry.key_id or ""
+        mac = compute_mac(secret, kind=RecordKind.AUDIT, key_id=key_id, fields=entry.content)
+        mac_ok = same_digest(mac, entry.mac)
+        link_ok = same_digest(link_value(secret, self._chain, entry.mac, entry.seq), entry.chain)
+        if not (mac_ok and link_ok):
+            if link_ok:
+                kind, detail = ProblemKind.EDITED, "its content does not match its MAC"
+            elif mac_ok:
+                kind = ProblemKind.REORDERED
+                detail = "a genuine entry that was not written at this place in the chain"
+            else:
+                kind = ProblemKind.INSERTED
+                detail = "neither its MAC nor its chain value is the gateway's"
+            return Finding(
+                kind=kind, detail=detail, seq=entry.seq, entry_id=entry.entry_id, target_id=target
+            )
+        self._seq, self._chain = entry.seq, entry.chain
+        self.checked += 1
+        return self._checkpoints_reached()
+
+    def _checkpoints_reached(self) -> Finding | None:
+        while self._ahead and self._ahead[-1].seq <= self._seq:
+            checkpoint = self._ahead.pop()
+            if checkpoint.seq == self._seq and not same_digest(self._chain, checkpoint.chain):
+                return Finding(
+                    kind=ProblemKind.CHECKPOINT_MISMATCH,
+                    detail=(
+                        f"the chain at seq {checkpoint.seq} differs from {checkpoint.source}: "
+                        "the record was rewritten"
+                    ),
+                    seq=checkpoint.seq,
+                )
+        return None
+
+    def finish(self, recorded_head: ChainHead | None = None) -> Finding | None:
+        """After the last entry: checkpoints beyond it, and the head row the database keeps."""
+        if self.finding is not None:
+            return self.finding
+        if self._ahead:
+            furthest = self._ahead[0]
+            self.finding = Finding(
+                kind=ProblemKind.MISSING_TAIL,
+                detail=(
+                    f"entries after seq {self._seq} are missing: {furthest.source} recorded "
+                    f"the chain at seq {furthest.seq}"
+                ),
+                seq=self._seq + 1,
+            )
+        elif recorded_head is not None and recorded_head.seq > self._seq:
+            self.finding = Finding(
+                kind=ProblemKind.MISSING_TAIL,
+                detail=(
+                    f"entries after seq {self._seq} are missing: the chain head row records "
+                    f"seq {recorded_head.seq}"
+                ),
+                seq=self._seq + 1,
+            )
+        elif recorded_head is not None and recorded_head.seq < self._seq:
+            self.finding = Finding(
+                kind=ProblemKind.INSERTED,
+                detail=f"entries after seq {recorded_head.seq} lie beyond the chain head row",
+                seq=recorded_head.seq + 1,
+            )
+        elif recorded_head is not None and not same_digest(self._chain, recorded_head.chain):
+            self.finding = Finding(
+                kind=ProblemKind.CHECKPOINT_MISMATCH,
+                detail=f"the chain head row does not hold the chain value of seq {self._seq}",
+                seq=self._seq,
+            )
+        return self.finding
+
+
+def _target(content: Mapping[str, Any]) -> str | None:
+    target = content.get("target_id")
+    return None if target is None else str(target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    """The outcome of a check: the first problem (None: intact), how much was checked, and the
+    head reached."""
+
+    finding: Finding | None
+    checked: int
+    head: ChainHead
+
+    @property
+    def intact(self) -> bool:
+        """Whether nothing was found."""
+        return self.finding is None
+
+
+def verify_chain(
+    entries: Iterable[ChainEntry],
+    *,
+    keys: RecordKeys,
+    start: ChainHead,
+    checkpoints: Iterable[Checkpoint] = (),
+    recorded_head: ChainHead | None = None,
+) -> Verification:
+    """Check ``entries`` (in ``seq`` order) from ``start``; stops at the first problem."""
+    verifier = ChainVerifier(keys, start=start, checkpoints=checkpoints)
+    for entry in entries:
+        if verifier.feed(entry) is not None:
+            break
+    finding = verifier.finish(recorded_head)
+    return Verification(finding=finding, checked=verifier.checked, head=verifier.head)
+
+
+def check_approval(
+    signer: RecordSigner,
+    approval: Mapping[str, Any],
+    *,
+    mac: str | None,
+    key_id: str | None,
+    trail_mac: str | None,
+) -> Finding | None:
+    """An approval row against its MAC and the ``record_mac`` of its last audit entry.
+
+    ``approval`` holds the row's :class:`hitl.models.ApprovalRequest` fields. The row's MAC
+    proves the gateway wrote this content; equality with the trail proves it is the *latest*
+    state the gateway wrote (an older genuine state put back is caught here).
+    """
+    trade = str(approval.get("trade_id"))
+    result = signer.check(
+        RecordKind.APPROVAL, approval, mac=mac, key_id=key_id, at=approval["requested_at"]
+    )
+    if result is MacCheck.UNKNOWN_KEY:
+        return Finding(
+            kind=ProblemKind.UNKNOWN_KEY,
+            detail=f"the approval's key {key_id!r} is not in the RECORD keyring",
+            target_id=trade,
+        )
+    if result is not MacCheck.VALID:
+        detail = (
+            "the approval row has no MAC"
+            if result is MacCheck.MISSING
+            else "the approval row's content does not match its MAC (edited)"
+        )
+        return Finding(kind=ProblemKind.APPROVAL_DIFFERS, detail=detail, target_id=trade)
+    if trail_mac is None:
+        return Finding(
+            kind=ProblemKind.APPROVAL_DIFFERS,
+            detail="no audit entry records this approval",
+            target_id=trade,
+        )
+    if not same_digest(trail_mac, mac):
+        return Finding(
+            kind=ProblemKind.APPROVAL_DIFFERS,
+            detail="the approval row is not the state its last audit entry recorded",
+            target_id=trade,
+        )
+    return None
