@@ -149,7 +149,7 @@ class FakeGateway:
 
     async def _receive(self, session: Session, message: dict[str, Any]) -> None:
         op = message.get("op")
-        data = message.get("d")
+        data: Any = message.get("d")
         if op == HEARTBEAT:
             self.heartbeats += 1
             await session.send({"op": HEARTBEAT_ACK})
