@@ -162,6 +162,16 @@ def new_keyring(purpose: KeyPurpose, *, now: datetime) -> Keyring:
     return Keyring(purpose=purpose, active_id=key.id, keys={key.id: key})
 
 
+def keys_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
+    """The keys folder the settings name: ``HITL_KEYS_DIR``, else ``<HITL_DATA_DIR>/keys``
+    (``data/keys``). For commands that need the keys and none of the other settings."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(KEYS_DIR_VARIABLE, "").strip()
+    if named:
+        return Path(named)
+    return Path(environ.get("HITL_DATA_DIR", "").strip() or "data") / "keys"
+
+
 def keyring_path(keys_dir: Path, purpose: KeyPurpose) -> Path:
     """Where the keyring of ``purpose`` lives."""
     return keys_dir / f"{purpose.value}.json"
@@ -225,6 +235,48 @@ def ensure_keyrings(
             write_keyring(keys_dir, new_keyring(purpose, now=now))
             created.append(purpose)
     return created
+
+
+class KeyringFile:
+    """A keyring on disk that a long-running process reads again when the file changes, so a
+    rotation (``hitl keys rotate``) reaches every process without a restart.
+
+    The first read refuses to start (SEC-040) when the keyring is missing or malformed; a later
+    change that cannot be read keeps the last good keyring (and ``error`` says why), so a
+    half-copied file never stops a running gateway.
+    """
+
+    def __init__(self, keys_dir: Path, purpose: KeyPurpose) -> None:
+        self.path = keyring_path(keys_dir, purpose)
+        self._keys_dir = keys_dir
+        self._purpose = purpose
+        self._keyring = load_keyring(keys_dir, purpose)
+        self._stamp = self._stat()
+        self.error: ConfigurationError | None = None
+
+    @property
+    def purpose(self) -> KeyPurpose:
+        """What the keyring's keys are for."""
+        return self._purpose
+
+    def current(self) -> Keyring:
+        """The keyring as the file holds it now (re-read only when the file has changed)."""
+        stamp = self._stat()
+        if stamp != self._stamp:
+            try:
+                self._keyring = load_keyring(self._keys_dir, self._purpose)
+                self.error = None
+            except ConfigurationError as exc:
+                self.error = exc
+            self._stamp = stamp
+        return self._keyring
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 def _new_key(purpose: KeyPurpose, *, now: datetime, taken: set[str]) -> Key:

@@ -15,8 +15,10 @@ from hitl.keys import (
     SECRET_BYTES,
     KeyPurpose,
     Keyring,
+    KeyringFile,
     ensure_keyrings,
     keyring_path,
+    keys_dir_from_environment,
     load_keyring,
     new_keyring,
     write_keyring,
@@ -216,3 +218,31 @@ def test_another_purpose_s_keyring_is_refused(tmp_path: Path) -> None:
     keyring_path(tmp_path, KeyPurpose.RECORD).write_text(ring.to_json())
     with pytest.raises(ConfigurationError, match="not 'record' keys"):
         load_keyring(tmp_path, KeyPurpose.RECORD)
+
+
+def test_the_keys_folder_comes_from_the_environment() -> None:
+    assert keys_dir_from_environment({}) == Path("data/keys")
+    assert keys_dir_from_environment({"HITL_DATA_DIR": "/srv/hitl"}) == Path("/srv/hitl/keys")
+    assert keys_dir_from_environment(
+        {"HITL_DATA_DIR": "/srv/hitl", "HITL_KEYS_DIR": "/run/secrets/hitl"}
+    ) == Path("/run/secrets/hitl")
+
+
+def test_a_keyring_file_follows_rotations_and_keeps_the_last_good_keyring(tmp_path: Path) -> None:
+    ring = new_keyring(KeyPurpose.COMMANDS, now=NOW)
+    write_keyring(tmp_path, ring)
+    source = KeyringFile(tmp_path, KeyPurpose.COMMANDS)
+    assert source.current() == ring
+    rotated = ring.rotated(now=NOW + timedelta(days=1), grace=timedelta(days=1))
+    write_keyring(tmp_path, rotated)
+    assert source.current() == rotated
+    keyring_path(tmp_path, KeyPurpose.COMMANDS).write_text("half a keyr")
+    assert source.current() == rotated
+    assert source.error is not None and source.error.error is ErrorCode.CONFIGURATION
+    write_keyring(tmp_path, ring)
+    assert source.current() == ring and source.error is None
+
+
+def test_a_keyring_file_refuses_to_start_without_its_keyring(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="hitl keys init"):
+        KeyringFile(tmp_path, KeyPurpose.COMMANDS)
