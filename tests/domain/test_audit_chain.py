@@ -31,9 +31,10 @@ from hitl.audit_chain import (
     next_link,
     verify_chain,
 )
+from hitl.hashing import RowHasher
 from hitl.keys import KeyPurpose, Keyring, new_keyring
 from hitl.models import ApprovalRequest
-from hitl.record_mac import MacCheck, RecordKind, RecordSigner, compute_mac
+from hitl.record_mac import MacCheck, RecordKind, RecordSigner, canonical_content, compute_mac
 from tests.strategies import approval_requests, texts
 
 NOW = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
@@ -499,3 +500,21 @@ def test_a_duplicate_seq_is_an_insertion(seq: int) -> None:
     assert result.finding is not None
     assert result.finding.kind is ProblemKind.INSERTED
     assert result.finding.seq == seq
+
+
+@SETTINGS
+@given(
+    approval_requests(),
+    st.dictionaries(
+        st.sampled_from(AUDIT_CONTENT_FIELDS),
+        st.one_of(st.none(), texts(max_size=8), st.integers(), st.booleans()),
+    ),
+    st.dictionaries(texts(max_size=5), st.one_of(st.none(), texts(max_size=8), st.integers())),
+)
+def test_the_fast_canonical_form_is_the_row_hashers(
+    approval: ApprovalRequest, columns: dict[str, Any], payload: dict[str, Any]
+) -> None:
+    """The one-pass rendering the verifier uses is exactly the seed's row hash text."""
+    assert canonical_content(approval) == RowHasher.canonical_json(approval)
+    values = columns | {"payload": payload, "created_at": NOW + timedelta(hours=1)}
+    assert canonical_content(values) == RowHasher.canonical_json(values)
