@@ -30,7 +30,7 @@ from temporalio.converter import (
 )
 
 from hitl.errors import ErrorCode, HITLError
-from hitl.keys import KeyPurpose, Keyring
+from hitl.keys import KeyPurpose, Keyring, KeyringFile
 
 ENCODING = b"binary/encrypted"
 """The ``encoding`` metadata of an encrypted payload (the samples' and the Temporal UI's name)."""
@@ -59,20 +59,33 @@ class EncryptionCodec(PayloadCodec):
 
     Encrypts with the keyring's active key; decrypts with whichever key the payload names, retired
     or not: a history recorded under an old key must still replay for as long as Temporal keeps it
-    (see docs/security.md, "Rotating keys").
+    (see docs/security.md, "Rotating keys"). Given a :class:`KeyringFile`, it follows a rotation
+    (``hitl keys rotate payloads``) without a restart: a worker must decrypt what an API process
+    encrypted with the new key a moment after the rotation.
     """
 
-    def __init__(self, keyring: Keyring) -> None:
-        if keyring.purpose is not KeyPurpose.PAYLOADS:
-            raise ValueError(f"the payload codec needs the payloads keyring, not {keyring.purpose}")
-        self._active_id = keyring.active().id
-        # AESGCM rejects a secret that is not 16, 24 or 32 bytes long here, at start.
-        self._ciphers = {key_id: AESGCM(key.secret) for key_id, key in keyring.keys.items()}
+    def __init__(self, keys: Keyring | KeyringFile) -> None:
+        if keys.purpose is not KeyPurpose.PAYLOADS:
+            raise ValueError(f"the payload codec needs the payloads keyring, not {keys.purpose}")
+        self._source = keys
+        self._keyring: Keyring | None = None
+        self._ciphers: dict[str, AESGCM] = {}
+        self._current()
+
+    def _current(self) -> tuple[str, dict[str, AESGCM]]:
+        """The active key id and a cipher per known key, rebuilt when the keyring changes."""
+        source = self._source
+        keyring = source.current() if isinstance(source, KeyringFile) else source
+        if keyring is not self._keyring:
+            # AESGCM rejects a secret that is not 16, 24 or 32 bytes long here.
+            self._ciphers = {key_id: AESGCM(key.secret) for key_id, key in keyring.keys.items()}
+            self._keyring = keyring
+        return keyring.active_id, self._ciphers
 
     @property
     def active_key_id(self) -> str:
         """The id of the key new payloads are encrypted with."""
-        return self._active_id
+        return self._current()[0]
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         """Encrypt every payload under the active key."""
@@ -88,11 +101,9 @@ class EncryptionCodec(PayloadCodec):
 
     def encrypt(self, payload: Payload) -> Payload:
         """One payload, encrypted under the active key."""
-        key_id = self._active_id
+        key_id, ciphers = self._current()
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[key_id].encrypt(
-            nonce, payload.SerializeToString(), _AAD + key_id.encode()
-        )
+        sealed = ciphers[key_id].encrypt(nonce, payload.SerializeToString(), _AAD + key_id.encode())
         return Payload(
             metadata={"encoding": ENCODING, KEY_ID: key_id.encode()}, data=nonce + sealed
         )
@@ -102,7 +113,7 @@ class EncryptionCodec(PayloadCodec):
         if payload.metadata.get("encoding") != ENCODING:
             return payload
         key_id = payload.metadata.get(KEY_ID, b"").decode("utf-8", errors="replace")
-        cipher = self._ciphers.get(key_id)
+        cipher = self._current()[1].get(key_id)
         if cipher is None:
             raise PayloadDecryptionError(
                 f"payload encrypted with unknown key id {key_id!r}; "
@@ -121,12 +132,12 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
-def encrypted_data_converter(keyring: Keyring) -> DataConverter:
+def encrypted_data_converter(keys: Keyring | KeyringFile) -> DataConverter:
     """The data converter of every client, worker and replayer: pydantic (our models carry
     Decimals), the payload codec, and failures whose message and stack trace are encoded too (an
     error message may quote an operator's comment)."""
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=EncryptionCodec(keyring),
+        payload_codec=EncryptionCodec(keys),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

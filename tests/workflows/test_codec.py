@@ -4,6 +4,7 @@ and the data converter built on it (a proposal and a failure's message leave it 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,7 +14,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
 
 from hitl.errors import ErrorCode
-from hitl.keys import KeyPurpose, Keyring, new_keyring
+from hitl.keys import KeyPurpose, Keyring, KeyringFile, new_keyring, write_keyring
 from hitl.models import TradeProposal
 from tests.strategies import trade_proposals
 from workflows.codec import (
@@ -132,6 +133,21 @@ async def test_after_rotation_new_payloads_use_the_new_key_and_old_ones_still_de
     # The keyring from before the rotation cannot read what the new key sealed.
     with pytest.raises(PayloadDecryptionError):
         await EncryptionCodec(RING).decode([new])
+
+
+async def test_a_rotation_on_disk_reaches_a_running_codec(tmp_path: Path) -> None:
+    # The API encrypts with the new key a moment after `hitl keys rotate payloads`: a worker that
+    # started before must decrypt it without a restart.
+    write_keyring(tmp_path, RING)
+    worker = EncryptionCodec(KeyringFile(tmp_path, KeyPurpose.PAYLOADS))
+    (before,) = await worker.encode([_payload(b'"before"')])
+    rotated = RING.rotated(now=NOW + timedelta(days=1), grace=None)
+    write_keyring(tmp_path, rotated)
+    api = EncryptionCodec(KeyringFile(tmp_path, KeyPurpose.PAYLOADS))
+    (after,) = await api.encode([_payload(b'"after"')])
+    assert after.metadata[KEY_ID] == rotated.active_id.encode()
+    assert [p.data for p in await worker.decode([before, after])] == [b'"before"', b'"after"']
+    assert worker.active_key_id == rotated.active_id
 
 
 @given(st.lists(payloads, max_size=5))
