@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m launcher.run
+	$(BIN)/hitl run
 
 demo: install
-	$(BIN)/python -m launcher.run --demo
+	$(BIN)/hitl demo
 
 # The Discord bot (docs/discord.md): needs DISCORD_BOT_TOKEN and DISCORD_OPERATORS, and a running
 # gateway (`make run`) for Temporal and the database.

@@ -21,7 +21,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import procs
-from launcher.run import _ORPHAN_GUARD, temporal_binary
+from launcher.run import temporal_binary
+from launcher.supervisor import ORPHAN_GUARD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ class Stack:
         # The orphan guard (as make run uses it) ends the child if the benchmark is killed.
         # Spawned from the main thread: the kernel ties the guard to the spawning thread.
         popen = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _ORPHAN_GUARD, str(os.getpid()), *argv],
+            [sys.executable, "-I", "-S", "-c", ORPHAN_GUARD, str(os.getpid()), *argv],
             cwd=REPO,
             env=dict(env),
             stdin=subprocess.DEVNULL,

@@ -26,7 +26,8 @@ import httpx
 import pytest
 
 from activities.market_providers import SimulatedMarketData
-from launcher.run import READY_LINE, TOKENS_FILE
+from launcher.banner import READY_LINE
+from launcher.dev_defaults import TOKENS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 READY_SECONDS = 45.0
@@ -49,13 +50,13 @@ def _answers(port: int) -> bool:
 
 
 class Gateway:
-    """One ``python -m launcher.run`` process; its stdout is drained by a thread and kept."""
+    """One ``hitl run`` process; its stdout is drained by a thread and kept."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self._log: IO[str] = log_path.open("a", encoding="utf-8")
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "launcher.run"],
+            [sys.executable, "-m", "launcher.cli", "run"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -87,7 +88,7 @@ class Gateway:
             record
             for record in records
             if isinstance(record, dict)
-            and record.get("logger") == "launcher.run"
+            and record.get("logger") == "launcher.supervisor"
             and record.get("event") == event
         ]
 

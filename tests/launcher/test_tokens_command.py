@@ -1,4 +1,4 @@
-"""Tokens issued and revoked by the command-line tool authenticate (and stop) through HTTP."""
+"""Tokens issued and revoked by ``hitl tokens`` authenticate (and stop) through HTTP."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from store.tables import ApiTokenRow
 from tests.api.conftest import Api
 
 
-def tokens_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def tokens_cli(url: str, action: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.tokens", "--url", url, *args],
+        [sys.executable, "-m", "launcher.cli", "tokens", action, "--url", url, *args],
         capture_output=True,
         text=True,
         check=False,

@@ -1,0 +1,130 @@
+"""``hitl tokens issue|list|revoke``: the API tokens kept in the database.
+
+Tokens are printed once and stored only as SHA-256 hashes (``store/tokens.py``); a revoked token
+is kept (``revoked_at``) so the record shows who had access when.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from hitl.errors import ConfigurationError
+from hitl.principals import Role
+from hitl.settings import get_settings
+from launcher.commands import Subparsers
+from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, EXIT_OK
+from store.engine import create_engine, session_factory
+from store.tokens import TokenInfo, issue_token, list_tokens, revoke_tokens
+
+DESCRIPTION = """\
+Manage the API tokens kept in the database (those declared in HITL_API_TOKENS are not listed
+here). The database is --url, else the settings' DATABASE_URL. Exit codes: 0 done, 1 nothing
+to revoke, 2 no database could be named (invalid settings)."""
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``hitl tokens`` and its actions."""
+    group = subparsers.add_parser(
+        "tokens", help="issue, list and revoke API tokens", description=DESCRIPTION
+    )
+    # Each action takes --url, so that it may come anywhere on the line.
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--url", help="SQLAlchemy async URL (default: from the settings)")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    issue = actions.add_parser(
+        "issue",
+        parents=[database],
+        help="issue a new token and print it once",
+        description="Issue a token for PRINCIPAL with ROLE and print it: it is shown only"
+        " this once (the database keeps its hash).",
+    )
+    issue.add_argument("principal", metavar="PRINCIPAL", help="who the token names, e.g. alice")
+    roles = [role.value for role in Role]
+    issue.add_argument("role", metavar="ROLE", choices=roles, help=" | ".join(roles))
+    issue.set_defaults(handler=_issue)
+    listing = actions.add_parser(
+        "list",
+        parents=[database],
+        help="list the issued tokens (never their values)",
+        description="List every issued token, oldest first, tab-separated: principal, role,"
+        " when issued, and active or when revoked.",
+    )
+    listing.set_defaults(handler=_list)
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[database],
+        help="revoke every active token of a principal",
+        description="Revoke every active token of PRINCIPAL (they stop working at once; the"
+        " records stay). Exits 1 when PRINCIPAL had no active token.",
+    )
+    revoke.add_argument("principal", metavar="PRINCIPAL", help="whose tokens to revoke")
+    revoke.set_defaults(handler=_revoke)
+
+
+def _database_url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.url
+    if url is not None:
+        return url
+    try:
+        return get_settings().database_url
+    except ConfigurationError as exc:
+        print(f"hitl tokens: {exc}", file=sys.stderr)
+        return None
+
+
+async def _issue_async(url: str, principal: str, role: Role) -> str:
+    engine = create_engine(url)
+    try:
+        return await issue_token(session_factory(engine), principal=principal, role=role)
+    finally:
+        await engine.dispose()
+
+
+async def _revoke_async(url: str, principal: str) -> int:
+    engine = create_engine(url)
+    try:
+        return await revoke_tokens(session_factory(engine), principal=principal)
+    finally:
+        await engine.dispose()
+
+
+async def _list_async(url: str) -> list[TokenInfo]:
+    engine = create_engine(url)
+    try:
+        return await list_tokens(session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+def _issue(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    if url is None:
+        return EXIT_CONFIGURATION
+    print(asyncio.run(_issue_async(url, args.principal, Role(args.role))))
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    if url is None:
+        return EXIT_CONFIGURATION
+    count = asyncio.run(_revoke_async(url, args.principal))
+    print(f"revoked {count} token(s) of {args.principal}")
+    return EXIT_OK if count else EXIT_FAILURE
+
+
+def format_token(token: TokenInfo) -> str:
+    """One line of ``hitl tokens list``: principal, role, issued, state (tab-separated)."""
+    state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
+    return f"{token.principal}\t{token.role.value}\t{token.created_at:%Y-%m-%d %H:%M}\t{state}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    if url is None:
+        return EXIT_CONFIGURATION
+    for token in asyncio.run(_list_async(url)):
+        print(format_token(token))
+    return EXIT_OK
