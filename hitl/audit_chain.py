@@ -21,7 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -393,7 +393,7 @@ def check_approval(
     """
     trade = str(approval.get("trade_id"))
     result = signer.check(
-        RecordKind.APPROVAL, approval, mac=mac, key_id=key_id, at=approval["requested_at"]
+        RecordKind.APPROVAL, approval, mac=mac, key_id=key_id, at=_as_time(approval["requested_at"])
     )
     if result is MacCheck.UNKNOWN_KEY:
         return Finding(
@@ -421,3 +421,150 @@ def check_approval(
             target_id=trade,
         )
     return None
+
+
+EXPORT_FORMAT = "hitl-audit-export-v1"
+
+
+def checkpoint_fields(seq: int, chain: str, at: datetime) -> dict[str, Any]:
+    """The content a checkpoint line's MAC covers."""
+    return {"seq": seq, "chain": chain, "at": at}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportCheck:
+    """The outcome of checking an exported trail: the first problem, and what covers it."""
+
+    finding: Finding | None
+    covered_by: str
+    """The checkpoint the trail's chain reaches (``audit-checkpoints.jsonl line 12``), or the
+    head row the export was made at when no checkpoint covered it yet (weaker: the database's
+    own word)."""
+
+
+def _as_time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def verify_export(data: Mapping[str, Any], keys: RecordKeys) -> ExportCheck:
+    """Check one approval's exported trail on its own (``hitl audit verify --export FILE``).
+
+    Every entry of the trail must match its MAC; the chain must link, from the value before the
+    trail's first entry through every later link, to the covering checkpoint (whose own MAC must
+    hold); the approval row must match its MAC and the last entry's ``record_mac``.
+    """
+    signer = RecordSigner(keys)
+    trade = str(data.get("trade_id"))
+
+    def problem(kind: ProblemKind, detail: str, seq: int | None = None) -> ExportCheck:
+        return ExportCheck(
+            finding=Finding(kind=kind, detail=detail, seq=seq, target_id=trade), covered_by=""
+        )
+
+    if data.get("format") != EXPORT_FORMAT:
+        return problem(ProblemKind.EDITED, f"not a {EXPORT_FORMAT} file")
+    entries = list(data.get("entries") or [])
+    links = {int(link["seq"]): link for link in data.get("links") or []}
+    if not entries:
+        return problem(ProblemKind.APPROVAL_DIFFERS, "the export holds no audit entry")
+    for entry in entries:
+        seq = int(entry["seq"])
+        link = links.get(seq)
+        if link is None or (link["mac"], link["chain"], link["key_id"]) != (
+            entry["mac"],
+            entry["chain"],
+            entry["key_id"],
+        ):
+            return problem(ProblemKind.INSERTED, "the entry is not in the exported chain", seq)
+        content = entry["content"]
+        secret = signer.secret(entry["key_id"], _as_time(content["created_at"]))
+        if secret is None:
+            return problem(ProblemKind.UNKNOWN_KEY, f"key {entry['key_id']!r} is unknown", seq)
+        mac = compute_mac(secret, kind=RecordKind.AUDIT, key_id=entry["key_id"], fields=content)
+        if not same_digest(mac, entry["mac"]):
+            return problem(ProblemKind.EDITED, "its content does not match its MAC", seq)
+    start = data["start"]
+    seq, chain = int(start["seq"]), str(start["chain"])
+    while seq + 1 in links:
+        link = links[seq + 1]
+        secret = signer.secret(link["key_id"], datetime.max.replace(tzinfo=UTC))
+        if secret is None:
+            return problem(ProblemKind.UNKNOWN_KEY, f"key {link['key_id']!r} is unknown", seq + 1)
+        if not same_digest(link_value(secret, chain, link["mac"], seq + 1), link["chain"]):
+            return problem(ProblemKind.REORDERED, "the exported chain does not link here", seq + 1)
+        seq, chain = seq + 1, link["chain"]
+    if seq < max(links):
+        return problem(
+            ProblemKind.MISSING, f"the exported chain has a gap after seq {seq}", seq + 1
+        )
+    checkpoint = data.get("checkpoint")
+    if checkpoint is not None:
+        at = _as_time(checkpoint["at"])
+        fields = checkpoint_fields(int(checkpoint["seq"]), str(checkpoint["chain"]), at)
+        check = signer.check(
+            RecordKind.CHECKPOINT,
+            fields,
+            mac=checkpoint.get("mac"),
+            key_id=checkpoint.get("key_id"),
+            at=at,
+        )
+        if check is not MacCheck.VALID:
+            return problem(ProblemKind.CHECKPOINT_MISMATCH, "the checkpoint is not the gateway's")
+        target, covered_by = (
+            ChainHead(int(checkpoint["seq"]), str(checkpoint["chain"])),
+            str(checkpoint.get("source", "checkpoint")),
+        )
+    else:
+        head = data["head"]
+        target, covered_by = ChainHead(int(head["seq"]), str(head["chain"])), "the head row"
+    if seq != target.seq or not same_digest(chain, target.chain):
+        return problem(
+            ProblemKind.CHECKPOINT_MISMATCH,
+            f"the exported chain ends at seq {seq}, not at {covered_by} (seq {target.seq})",
+            seq,
+        )
+    approval = data.get("approval")
+    trail_mac = next(
+        (e["content"]["record_mac"] for e in reversed(entries) if e["content"].get("record_mac")),
+        None,
+    )
+    if approval is not None:
+        finding = check_approval(
+            signer,
+            approval["fields"],
+            mac=approval.get("mac"),
+            key_id=approval.get("key_id"),
+            trail_mac=trail_mac,
+        )
+        if finding is not None:
+            return ExportCheck(finding=finding, covered_by=covered_by)
+    return ExportCheck(finding=None, covered_by=covered_by)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditCheckInput:
+    """Verify what was appended after ``start`` (None: the whole record)."""
+
+    start: ChainHead | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditCheckResult:
+    """One continuous check: the head reached and the first problem (None: intact)."""
+
+    head: ChainHead
+    checked: int
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        """Whether the check found nothing."""
+        return self.problem is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditCheckpointInput:
+    """The checkpoint workflow's state across continue-as-new: the last head verified intact."""
+
+    verified: ChainHead | None = None
+    interval_seconds: int = 300

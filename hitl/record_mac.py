@@ -39,6 +39,8 @@ class RecordKind(StrEnum):
     AUDIT = "audit"
     SNAPSHOT = "snapshot"
     GUARDIAN = "guardian"
+    CHECKPOINT = "checkpoint"
+    """A chain head recorded outside the database (a line of the checkpoint file)."""
 
 
 class SigningKey(Protocol):
