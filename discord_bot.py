@@ -26,23 +26,27 @@ from uuid import UUID
 
 import discord
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.discord_notifier import (
+from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
+    apology_text,
+    decided_text,
     decision_custom_id,
+    no_answer_text,
+    not_decided_text,
     outcome_embed,
-    use_api_base_url,
+    refused_text,
 )
+from activities.discord_rest import use_api_base_url
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.messages import DecisionCommand
-from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeStatus
+from hitl.models import ApprovalRequest, Decision, DecisionChannel
 from hitl.settings import Settings, get_settings
-from store.engine import create_engine, session_factory
-from store.tables import AuditRow
+from store.audit import AuditEntry, record_audit
+from store.engine import Sessions, create_engine, session_factory
 from workflows.client import ApprovalClient
 
 # Named, not __name__: run as "python -m discord_bot" the module is "__main__".
@@ -71,33 +75,12 @@ def parse_operators(value: str) -> dict[int, str]:
     return operators
 
 
-def _confirmation(approval: ApprovalRequest) -> str:
-    subject = f"{approval.side.value} {approval.instrument}"
-    if approval.status is TradeStatus.REJECTED:
-        return f"Rejected: {subject} is REJECTED."
-    return f"Approved: {subject} is {approval.status.value}."
-
-
-def _explanation(exc: HITLError) -> tuple[str, ApprovalRequest | None]:
-    """What to tell the clicker about a refused decision, and the standing approval if known."""
-    approval: ApprovalRequest | None = exc.details.get("approval")
-    code = exc.error.code
-    if exc.error is ErrorCode.SLIPPAGE_EXCEEDED:
-        return f"Not accepted: {exc.message}. The trade is REJECTED ({code}).", approval
-    if exc.error is ErrorCode.ALREADY_DECIDED and approval is not None:
-        reason = approval.decision_reason.value if approval.decision_reason else "-"
-        return (
-            f"Already decided by {approval.decided_by}: {approval.status.value} "
-            f"({reason}) ({code}).",
-            approval,
-        )
-    if exc.error is ErrorCode.EXPIRED:
-        return f"This approval expired before a decision; the trade was rejected ({code}).", (
-            approval
-        )
+def _standing(exc: HITLError) -> ApprovalRequest | None:
+    """The approval as it stands after a refused decision, when the refusal says."""
     if exc.error is ErrorCode.NOT_FOUND:
-        return f"No approval exists for this trade ({code}).", None
-    return f"Nothing was decided: {exc.message} ({code}).", approval
+        return None
+    approval: ApprovalRequest | None = exc.details.get("approval")
+    return approval
 
 
 @dataclass
@@ -105,7 +88,7 @@ class DecisionDesk:
     """What a click needs: who may decide, the approvals, and the audit trail."""
 
     approvals: ApprovalClient
-    sessions: async_sessionmaker[AsyncSession]
+    sessions: Sessions
     operators: Mapping[int, str]
     """Discord user id → operator id."""
     decision_timeout: timedelta = timedelta(seconds=10)
@@ -143,13 +126,12 @@ class DecisionDesk:
                     standing = await handle.approve(command)
                 else:
                     standing = await handle.reject(command)
-            answer = _confirmation(standing)
+            answer = decided_text(standing)
             result = standing.status.value
         except TimeoutError:
             standing = None
-            code = ErrorCode.SERVICE_UNAVAILABLE.code
-            answer = f"No answer from the approval service in time ({code}); check the approval."
-            result = code
+            answer = no_answer_text()
+            result = ErrorCode.SERVICE_UNAVAILABLE.code
         except HITLError as exc:
             if exc.error is ErrorCode.UNAUTHORISED_OPERATOR:
                 await self._refuse(
@@ -162,7 +144,7 @@ class DecisionDesk:
                     deferred=True,
                 )
                 return
-            answer, standing = _explanation(exc)
+            answer, standing = not_decided_text(exc), _standing(exc)
             result = exc.error.code
         log.info(
             "discord decision",
@@ -206,34 +188,30 @@ class DecisionDesk:
         deferred: bool,
     ) -> None:
         code = ErrorCode.UNAUTHORISED_OPERATOR.code
-        text = f"You may not decide approvals ({code}). This attempt has been recorded."
+        text = refused_text()
         try:
             if deferred:
                 await interaction.edit_original_response(content=text)
             else:
                 await interaction.response.send_message(text, ephemeral=True)
         finally:
-            async with self.sessions.begin() as session:
-                session.add(
-                    AuditRow(
-                        actor_id=actor,
-                        action=REFUSED_ACTION,
-                        target_type="approval",
-                        target_id=str(trade_id),
-                        previous_state=None,
-                        new_state=None,
-                        payload={
-                            "decision": decision.value,
-                            "reason": reason,
-                            "discord_user_id": str(interaction.user.id),
-                            "discord_user": interaction.user.name,
-                        },
-                        correlation_id=correlation_id,
-                        error_code=code,
-                        created_at=datetime.now(UTC),
-                        idempotency_key=f"{correlation_id}:refused",
-                    )
-                )
+            await record_audit(
+                self.sessions,
+                AuditEntry(
+                    actor_id=actor,
+                    action=REFUSED_ACTION,
+                    target_id=trade_id,
+                    payload={
+                        "decision": decision.value,
+                        "reason": reason,
+                        "discord_user_id": str(interaction.user.id),
+                        "discord_user": interaction.user.name,
+                    },
+                    correlation_id=correlation_id,
+                    error_code=code,
+                    idempotency_key=f"{correlation_id}:refused",
+                ),
+            )
             log.warning(
                 "discord decision refused",
                 correlation_id=correlation_id,
@@ -287,10 +265,7 @@ class DecisionButton(
 
 async def _apologise(interaction: discord.Interaction[Any]) -> None:
     """Tell the clicker something broke, rather than leave them looking at "thinking…"."""
-    text = (
-        f"Something went wrong ({ErrorCode.INTERNAL.code}, reference discord-{interaction.id}); "
-        "check the approval in the HITL Hub before trying again."
-    )
+    text = apology_text(f"discord-{interaction.id}")
     with contextlib.suppress(discord.HTTPException):
         if interaction.response.is_done():
             await interaction.edit_original_response(content=text)

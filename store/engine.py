@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Dialect, Numeric, String, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from hitl.decimals import MAX_DIGITS, PLACES, canonical_decimal
+
+Sessions: TypeAlias = async_sessionmaker[AsyncSession]
+"""A session factory: what every process hands the store's functions."""
 
 
 class Decimal8(TypeDecorator[Decimal]):
