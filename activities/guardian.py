@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.persistence import (
-    count_guardian_rejections,
-    guardian_state,
-    write_audit,
-    write_guardian_rejection,
-)
+from activities.persistence import count_guardian_rejections
 from hitl.errors import ErrorCode
-from hitl.hashing import RowHasher
 from hitl.messages import (
     GuardianCommand,
     GuardianFanOut,
@@ -28,13 +19,8 @@ from hitl.messages import (
     GuardianStatus,
     workflow_id_for,
 )
-from hitl.models import DecisionReason, TradeStatus
-from store.tables import (
-    ApprovalRow,
-    GuardianStateRow,
-    approval_from_row,
-    guardian_status_from_row,
-)
+from store.engine import Sessions
+from store.guardian import lock_guardian, unlock_guardian
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +31,7 @@ SIGNAL_CONCURRENCY = 100
 class GuardianActivities:
     """The Guardian's I/O; built in ``worker.py`` with sessions and the Temporal client."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], client: Client) -> None:
+    def __init__(self, sessions: Sessions, client: Client) -> None:
         self._sessions = sessions
         self._client = client
 
@@ -54,46 +40,10 @@ class GuardianActivities:
         """Lock, and reject every pending approval, in one transaction: when this commits the
         lock is acknowledged and nothing is left waiting. Running it again returns the
         approvals the standing lock rejected, so a retried fan-out misses none."""
-        now = datetime.now(UTC)
-        async with self._sessions.begin() as session:
-            guardian = await guardian_state(session, for_update=True)
-            if guardian.locked:
-                return GuardianLockResult(
-                    status=guardian_status_from_row(guardian),
-                    rejected=await self._rejected_by(session, guardian),
-                )
-            guardian.locked = True
-            guardian.reason = command.reason
-            guardian.since = now
-            guardian.changed_by = command.by
-            guardian.version += 1
-            write_audit(
-                session,
-                actor_id=command.by,
-                action="guardian.locked",
-                trade_id="guardian",
-                target_type="guardian",
-                correlation_id=command.correlation_id,
-                previous_state="UNLOCKED",
-                new_state="LOCKED",
-                payload={"reason": command.reason, "version": guardian.version},
-                idempotency_key=f"guardian:{guardian.version}",
-            )
-            pending = await session.execute(
-                select(ApprovalRow)
-                .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
-                .order_by(ApprovalRow.id)
-                .with_for_update()
-            )
-            rejected: list[UUID] = []
-            for row in pending.scalars():
-                approval = approval_from_row(row)
-                if not RowHasher.verify(approval):
-                    # Left to its workflow, which checks it against its own copy (SEC-080).
-                    continue
-                await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
-                rejected.append(approval.trade_id)
-            status = guardian_status_from_row(guardian)
+        outcome = await lock_guardian(self._sessions, command)
+        if not outcome.engaged:
+            return outcome.result
+        rejected = outcome.result.rejected
         count_guardian_rejections(len(rejected))
         log.warning(
             "guardian locked",
@@ -105,44 +55,12 @@ class GuardianActivities:
             reason=command.reason,
             rejected=len(rejected),
         )
-        return GuardianLockResult(status=status, rejected=rejected)
-
-    @staticmethod
-    async def _rejected_by(session: AsyncSession, guardian: GuardianStateRow) -> list[UUID]:
-        rows = await session.execute(
-            select(ApprovalRow.trade_id)
-            .where(
-                ApprovalRow.decision_reason == DecisionReason.GUARDIAN_LOCK.value,
-                ApprovalRow.decided_at >= guardian.since,
-            )
-            .order_by(ApprovalRow.id)
-        )
-        return list(rows.scalars())
+        return outcome.result
 
     @activity.defn(name="release_guardian_lock")
     async def release_guardian_lock(self, command: GuardianCommand) -> GuardianStatus:
         """Unlock; approvals are accepted again from the moment this commits."""
-        async with self._sessions.begin() as session:
-            guardian = await guardian_state(session, for_update=True)
-            if guardian.locked:
-                guardian.locked = False
-                guardian.reason = command.reason or None
-                guardian.since = datetime.now(UTC)
-                guardian.changed_by = command.by
-                guardian.version += 1
-                write_audit(
-                    session,
-                    actor_id=command.by,
-                    action="guardian.unlocked",
-                    trade_id="guardian",
-                    target_type="guardian",
-                    correlation_id=command.correlation_id,
-                    previous_state="LOCKED",
-                    new_state="UNLOCKED",
-                    payload={"reason": command.reason, "version": guardian.version},
-                    idempotency_key=f"guardian:{guardian.version}",
-                )
-            status = guardian_status_from_row(guardian)
+        status = await unlock_guardian(self._sessions, command)
         log.info(
             "guardian unlocked",
             correlation_id=command.correlation_id,

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import authenticate
 from api.correlation import current_correlation_id
 from api.services import Services
+from hitl.decisions import MAY_DECIDE, MAY_DRIVE_GUARDIAN, MAY_READ, MAY_REQUEST
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, Role
+from store.engine import AsyncSession
 
 
 def get_services(request: Request) -> Services:
@@ -81,9 +82,7 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-BotDep = Annotated[Principal, Depends(require(Role.BOT))]
-OperatorDep = Annotated[Principal, Depends(require(Role.OPERATOR))]
-ReaderDep = Annotated[
-    Principal, Depends(require(Role.OPERATOR, Role.ADMIN, Role.BOT, Role.GUARDIAN))
-]
-GuardianDep = Annotated[Principal, Depends(require(Role.ADMIN, Role.GUARDIAN))]
+BotDep = Annotated[Principal, Depends(require(*MAY_REQUEST))]
+OperatorDep = Annotated[Principal, Depends(require(*MAY_DECIDE))]
+ReaderDep = Annotated[Principal, Depends(require(*MAY_READ))]
+GuardianDep = Annotated[Principal, Depends(require(*MAY_DRIVE_GUARDIAN))]

@@ -1,22 +1,11 @@
-"""Reading the Guardian, and refusing HITL operations while it is locked."""
+"""Refusing HITL operations at the API's door while the Guardian is locked."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from hitl import metrics
 from hitl.errors import ErrorCode, HITLError
-from hitl.messages import GuardianStatus
-from store.tables import GuardianStateRow, guardian_status_from_row
-
-
-async def read_guardian(session: AsyncSession) -> GuardianStatus:
-    """The Guardian's state, from its one row."""
-    row = (
-        await session.execute(select(GuardianStateRow).where(GuardianStateRow.id == 1))
-    ).scalar_one()
-    return guardian_status_from_row(row)
+from store.engine import AsyncSession
+from store.guardian import read_guardian
 
 
 async def refuse_if_locked(session: AsyncSession) -> None:

@@ -12,16 +12,15 @@ from typing import Any, TypeVar
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from api.events import EventWaker
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, parse_declared_tokens
 from hitl.settings import Settings
-from store.engine import create_engine, session_factory
-from store.tables import AuditRow
+from store.audit import AuditEntry, record_audit
+from store.engine import AsyncEngine, Sessions, create_engine, session_factory
+from store.events import EventWaker
 from workflows.client import ApprovalClient, GuardianClient
 
 T = TypeVar("T")
@@ -49,7 +48,7 @@ class Services:
 
     settings: Settings
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
+    sessions: Sessions
     temporal: Client
     approvals: ApprovalClient
     declared_tokens: dict[str, Principal]
@@ -108,19 +107,14 @@ class Services:
         payload: dict[str, Any],
     ) -> None:
         """Record a refusal made at the API's door (nothing reached the workflow)."""
-        async with self.sessions.begin() as session:
-            session.add(
-                AuditRow(
-                    actor_id=actor_id,
-                    action=action,
-                    target_type="approval",
-                    target_id=target_id,
-                    previous_state=None,
-                    new_state=None,
-                    payload=payload,
-                    correlation_id=correlation_id,
-                    error_code=error_code,
-                    created_at=datetime.now(UTC),
-                    idempotency_key=None,
-                )
-            )
+        await record_audit(
+            self.sessions,
+            AuditEntry(
+                actor_id=actor_id,
+                action=action,
+                target_id=target_id,
+                correlation_id=correlation_id,
+                error_code=error_code,
+                payload=payload,
+            ),
+        )

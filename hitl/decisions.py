@@ -1,9 +1,109 @@
-"""What answer a decision gets when the approval has already been decided."""
+"""Who may decide what, and when: the rules the workflow's validator and the Guardian apply.
+
+Pure functions of their arguments (the workflow passes ``workflow.now()``), so the workflow, the
+store and the tests apply exactly the same rules.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+
 from hitl.errors import ErrorCode
-from hitl.models import ApprovalRequest, Decision, DecisionReason, TradeStatus
+from hitl.messages import SYSTEM_ACTOR, DecisionCommand, GuardianLockNotice
+from hitl.models import ApprovalRequest, Decision, DecisionChannel, DecisionReason, TradeStatus
+from hitl.principals import Principal, Role
+
+# --- who may do what (the API admits each role only to its own routes) -------------------------
+
+MAY_REQUEST = (Role.BOT,)
+"""Roles that create approval requests and report the trade's lifecycle."""
+MAY_DECIDE = (Role.OPERATOR,)
+"""Roles that approve or reject (and, among them, only the allowed operators)."""
+MAY_READ = (Role.OPERATOR, Role.ADMIN, Role.BOT, Role.GUARDIAN)
+"""Roles that read approvals and the Guardian's state."""
+MAY_DRIVE_GUARDIAN = (Role.ADMIN, Role.GUARDIAN)
+"""Roles that lock and unlock the Guardian."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a decision is refused: its code, a message for the caller, and the approval whose
+    standing decision the caller gets back, when there is one."""
+
+    error: ErrorCode
+    message: str
+    approval: ApprovalRequest | None = None
+
+
+def refusal_at_door(
+    principal: Principal, *, claimed_by: str | None, allowed_operators: Collection[str]
+) -> Refusal | None:
+    """Whether the API refuses a decision before it reaches the workflow (SEC-090): the body
+    may not name anyone but the token's principal, and only allowed operators decide."""
+    if claimed_by is not None and claimed_by != principal.id:
+        return Refusal(
+            ErrorCode.UNAUTHORISED_OPERATOR,
+            f"the body names {claimed_by}, but the token is {principal.id}'s",
+        )
+    if principal.id not in allowed_operators:
+        return Refusal(
+            ErrorCode.UNAUTHORISED_OPERATOR, f"{principal.id} is not an allowed operator"
+        )
+    return None
+
+
+def refusal_of_decision(
+    command: DecisionCommand,
+    decision: Decision,
+    *,
+    allowed_operators: Collection[str],
+    guardian: GuardianLockNotice | None,
+    approval: ApprovalRequest | None,
+    now: datetime,
+) -> Refusal | None:
+    """The workflow's check of a decision before it is admitted (its Update validator): who is
+    deciding, through which channel, whether the Guardian stands in the way, whether the caller
+    still waits, and then :func:`refusal_of_standing`. ``approval`` None: not recorded yet, the
+    handler waits for it."""
+    if command.operator_id not in allowed_operators:
+        return Refusal(
+            ErrorCode.UNAUTHORISED_OPERATOR, f"{command.operator_id} may not decide approvals"
+        )
+    if command.channel is DecisionChannel.SYSTEM:
+        return Refusal(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
+    if guardian is not None and not (approval is not None and approval.is_decided):
+        return Refusal(ErrorCode.GUARDIAN_LOCKED, f"the Guardian is locked: {guardian.reason}")
+    if command.not_after is not None and now > command.not_after:
+        return Refusal(
+            ErrorCode.SERVICE_UNAVAILABLE, "the decision arrived after its caller gave up"
+        )
+    if approval is None:
+        return None
+    return refusal_of_standing(approval, operator_id=command.operator_id, decision=decision, at=now)
+
+
+def refusal_of_standing(
+    approval: ApprovalRequest, *, operator_id: str, decision: Decision, at: datetime
+) -> Refusal | None:
+    """What the approval as it stands says to a decision received ``at``: a decided one refuses
+    all but its own decider repeating it (:func:`refusal_for_decided`), an undecided one refuses
+    once its deadline has come (SEC-013)."""
+    if approval.is_decided:
+        refusal = refusal_for_decided(approval, operator_id=operator_id, decision=decision)
+        if refusal is None:
+            return None
+        return Refusal(
+            refusal,
+            f"already {approval.status.value} by {approval.decided_by} "
+            f"({approval.decision_reason})",
+            approval,
+        )
+    if at >= approval.expires_at:
+        return Refusal(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+    return None
+
 
 _AFTER_ACCEPTANCE = (
     TradeStatus.ACCEPTED,
@@ -36,3 +136,19 @@ def refusal_for_decided(
         ):
             return ErrorCode.SLIPPAGE_EXCEEDED
     return ErrorCode.ALREADY_DECIDED
+
+
+def guardian_rejection(
+    approval: ApprovalRequest, *, at: datetime, locked_by: str, reason: str | None
+) -> ApprovalRequest:
+    """``approval`` rejected because the Guardian is locked (not yet hashed)."""
+    return approval.model_copy(
+        update={
+            "status": TradeStatus.REJECTED,
+            "decided_at": at,
+            "decided_by": SYSTEM_ACTOR,
+            "decision_channel": DecisionChannel.SYSTEM,
+            "decision_reason": DecisionReason.GUARDIAN_LOCK,
+            "comment": f"Guardian locked by {locked_by}: {reason or 'no reason given'}",
+        }
+    )

@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Dialect, Numeric, String, event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from hitl.decimals import MAX_DIGITS, PLACES, canonical_decimal

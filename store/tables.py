@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from hitl.hashing import RowHasher
 from hitl.messages import GuardianStatus, PostTradeSnapshot
 from hitl.models import ApprovalRequest, DecisionChannel, Side, TradeStatus
 from store.engine import Decimal8, UtcDateTime
@@ -215,6 +216,11 @@ def approval_from_row(row: ApprovalRow) -> ApprovalRequest:
     return ApprovalRequest.model_validate(
         {name: getattr(row, name) for name in ApprovalRequest.model_fields}
     )
+
+
+def sealed(approval: ApprovalRequest) -> ApprovalRequest:
+    """``approval`` with the row hash of its content, as it is stored."""
+    return approval.model_copy(update={"row_hash": RowHasher.compute(approval)})
 
 
 def approval_to_row_values(approval: ApprovalRequest) -> dict[str, Any]:

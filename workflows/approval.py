@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.market_quotes import MarketDataActivities
     from activities.notifications import NotificationActivities
     from activities.persistence import PersistenceActivities
-    from hitl.decisions import refusal_for_decided
+    from hitl.decisions import Refusal, refusal_of_decision, refusal_of_standing
     from hitl.errors import ErrorCode
     from hitl.lifecycle import TERMINAL_STATES, validate_transition
     from hitl.market import MarketQuote
@@ -76,6 +76,11 @@ def _fail(error: ErrorCode, message: str, *details: Any) -> NoReturn:
     raise ApplicationError(
         f"{error.code}: {message}", *details, type=error.code, non_retryable=True
     )
+
+
+def _refuse(refusal: Refusal) -> NoReturn:
+    details = () if refusal.approval is None else (refusal.approval.to_dict(),)
+    _fail(refusal.error, refusal.message, *details)
 
 
 @workflow.defn(name="ApprovalWorkflow")
@@ -235,40 +240,16 @@ class ApprovalWorkflow:
 
     def _validate_decision(self, command: DecisionCommand, decision: Decision) -> None:
         # Validators write nothing to history: refusals here cost the workflow nothing.
-        if command.operator_id not in self._input.policy.allowed_operators:
-            _fail(
-                ErrorCode.UNAUTHORISED_OPERATOR,
-                f"{command.operator_id} may not decide approvals",
-            )
-        if command.channel is DecisionChannel.SYSTEM:
-            _fail(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
-        if self._guardian is not None and not (
-            self._approval is not None and self._approval.is_decided
-        ):
-            _fail(ErrorCode.GUARDIAN_LOCKED, f"the Guardian is locked: {self._guardian.reason}")
-        if command.not_after is not None and workflow.now() > command.not_after:
-            _fail(ErrorCode.SERVICE_UNAVAILABLE, "the decision arrived after its caller gave up")
-        approval = self._approval
-        if approval is None:
-            return  # the handler waits until the request is recorded
-        if approval.is_decided:
-            self._refuse_unless_repeat(approval, command, decision)
-            return
-        if workflow.now() >= approval.expires_at:
-            _fail(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
-
-    @staticmethod
-    def _refuse_unless_repeat(
-        approval: ApprovalRequest, command: DecisionCommand, decision: Decision
-    ) -> None:
-        refusal = refusal_for_decided(approval, operator_id=command.operator_id, decision=decision)
+        refusal = refusal_of_decision(
+            command,
+            decision,
+            allowed_operators=self._input.policy.allowed_operators,
+            guardian=self._guardian,
+            approval=self._approval,
+            now=workflow.now(),
+        )
         if refusal is not None:
-            _fail(
-                refusal,
-                f"already {approval.status.value} by {approval.decided_by} "
-                f"({approval.decision_reason})",
-                approval.to_dict(),
-            )
+            _refuse(refusal)
 
     async def _decide(self, command: DecisionCommand, decision: Decision) -> ApprovalRequest:
         try:
@@ -297,11 +278,13 @@ class ApprovalWorkflow:
         await workflow.wait_condition(lambda: self._approval is not None)
         async with self._lock:
             approval = self._current
+            refusal = refusal_of_standing(
+                approval, operator_id=command.operator_id, decision=decision, at=received_at
+            )
+            if refusal is not None:
+                _refuse(refusal)
             if approval.is_decided:
-                self._refuse_unless_repeat(approval, command, decision)
-                return approval
-            if received_at >= approval.expires_at:
-                _fail(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+                return approval  # its own decider repeating it: the standing result
             # The decision's own request keeps its correlation id in the audit trail.
             request = {"request_correlation_id": command.correlation_id}
             if decision is Decision.REJECT:

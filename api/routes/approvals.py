@@ -29,6 +29,7 @@ from api.schemas import (
     RejectBody,
 )
 from api.services import Services
+from hitl.decisions import refusal_at_door
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposal, TradeStatus
@@ -121,14 +122,12 @@ async def _decide(
     correlation_id: str,
     decision: Decision,
 ) -> ApprovalRequest:
-    refusal: str | None = None
-    if claimed_by is not None and claimed_by != operator.id:
-        refusal = f"the body names {claimed_by}, but the token is {operator.id}'s"
-    elif operator.id not in services.settings.hitl.allowed_operators:
-        refusal = f"{operator.id} is not an allowed operator"
+    refusal = refusal_at_door(
+        operator, claimed_by=claimed_by, allowed_operators=services.settings.hitl.allowed_operators
+    )
     try:
         if refusal is not None:
-            raise HITLError(ErrorCode.UNAUTHORISED_OPERATOR, refusal)
+            raise HITLError(refusal.error, refusal.message)
         async with services.sessions() as session:
             await refuse_if_locked(session)
         timeout = services.settings.api.decision_timeout_seconds

@@ -13,12 +13,13 @@ import structlog
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from activities.deep_links import consume_deep_link, hash_token
 from api.deps import CorrelationIdDep, ServicesDep, SessionDep
 from api.errors import responses
 from api.queries import approval_detail
 from api.schemas import ApprovalDetail
 from hitl.errors import ErrorCode, HITLError
+from hitl.principals import hash_token
+from store.deep_links import consume_deep_link
 
 router = APIRouter(prefix="/api/hitl/deep-links", tags=["deep-links"])
 

@@ -11,9 +11,9 @@ from starlette.websockets import WebSocketState
 
 from api.auth import authenticate
 from api.correlation import current_correlation_id
-from api.events import events_after, latest_event_id
 from api.services import Services
 from hitl.errors import HITLError
+from store.events import events_after, latest_event_id
 
 router = APIRouter(tags=["events"])
 

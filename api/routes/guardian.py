@@ -8,10 +8,10 @@ from pydantic import BaseModel, ConfigDict
 
 from api.deps import CorrelationIdDep, GuardianDep, ReaderDep, ServicesDep, SessionDep
 from api.errors import responses
-from api.guardian import read_guardian
 from hitl.errors import ErrorCode
 from hitl.messages import GuardianCommand, GuardianStatus
 from hitl.models import FreeText
+from store.guardian import read_guardian
 
 router = APIRouter(prefix="/api/guardian", tags=["guardian"])
 

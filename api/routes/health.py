@@ -8,15 +8,13 @@ from datetime import timedelta
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.deps import ServicesDep, SessionDep
 from hitl import metrics as hitl_metrics
-from hitl.models import TradeStatus
-from store.tables import ApprovalRow
+from store.health import pending_count, ping
 
 router = APIRouter(tags=["health"])
 
@@ -35,8 +33,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT.total_seconds()):
-            async with services.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await ping(services.engine)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
@@ -62,10 +59,5 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def metrics(session: SessionDep) -> Response:
     """This API process's Prometheus metrics, with the pending count read from the database
     (the one figure every replica agrees on)."""
-    pending = await session.execute(
-        select(func.count())
-        .select_from(ApprovalRow)
-        .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
-    )
-    hitl_metrics.PENDING.set(pending.scalar_one())
+    hitl_metrics.PENDING.set(await pending_count(session))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

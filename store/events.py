@@ -1,21 +1,22 @@
-"""The events outbox as a stream: read by increasing id, woken by PostgreSQL NOTIFY (SQLite
-polls briefly)."""
+"""The events outbox: written in the transaction of the change it tells, read as a stream by
+increasing id, woken by PostgreSQL NOTIFY (SQLite polls briefly)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hitl.models import ApprovalRequest
+from store.engine import AsyncSession, Sessions
 from store.tables import EventRow
 
 log = structlog.get_logger(__name__)
@@ -24,6 +25,35 @@ EVENT_CHANNEL = "hitl_events"
 """The NOTIFY channel of migration 0002's trigger."""
 POLL_SECONDS = 0.5
 BATCH = 500
+
+# Any constant: the key of the PostgreSQL advisory lock that orders outbox commits.
+_EVENT_ORDER_LOCK = 0x48495454
+
+
+async def add_event(
+    session: AsyncSession, *, event_type: str, approval: ApprovalRequest, key: str
+) -> None:
+    """Add the outbox event of this transaction's change.
+
+    Streams read the outbox by increasing id, so ids must become visible in order: on
+    PostgreSQL a transaction-scoped advisory lock, taken just before the event's insert and held
+    until commit, keeps a later id from committing before an earlier one. SQLite has one writer
+    at a time anyway.
+    """
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_ORDER_LOCK}
+        )
+    session.add(
+        EventRow(
+            event_type=event_type,
+            trade_id=approval.trade_id,
+            payload=approval.to_dict(),
+            correlation_id=approval.correlation_id,
+            created_at=datetime.now(UTC),
+            idempotency_key=key,
+        )
+    )
 
 
 class StreamEvent(BaseModel):
@@ -37,9 +67,7 @@ class StreamEvent(BaseModel):
     approval: dict[str, Any]
 
 
-async def events_after(
-    sessions: async_sessionmaker[AsyncSession], cursor: int, *, limit: int = BATCH
-) -> list[StreamEvent]:
+async def events_after(sessions: Sessions, cursor: int, *, limit: int = BATCH) -> list[StreamEvent]:
     """Events with an id above ``cursor``, oldest first."""
     async with sessions() as session:
         rows = await session.execute(
@@ -58,7 +86,7 @@ async def events_after(
         ]
 
 
-async def latest_event_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+async def latest_event_id(sessions: Sessions) -> int:
     """The id of the newest event (0 if none): where a client that wants only news starts."""
     async with sessions() as session:
         row = await session.execute(select(EventRow.id).order_by(EventRow.id.desc()).limit(1))

@@ -1,0 +1,457 @@
+"""Approvals: the writes the workflow's activities make (request, decision, lifecycle move,
+post-trade snapshot) and the reads the API serves.
+
+Each write puts its state change, its audit entry and its outbox event in one transaction, and is
+idempotent: run twice (Temporal retries activities), the second run finds the first one's work
+and returns it unchanged, with ``written`` false so that nothing is counted twice. A stored row
+that is not what the gateway wrote is never passed on: it raises SEC-080.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from hitl.errors import ErrorCode, HITLError
+from hitl.hashing import RowHasher
+from hitl.lifecycle import validate_transition
+from hitl.messages import (
+    DecisionRecorded,
+    PostTradeSnapshot,
+    RecordDecisionInput,
+    RecordRequestInput,
+    RecordSnapshotInput,
+    RecordTransitionInput,
+)
+from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from hitl.slippage import snapshot_figures
+from store.audit import AuditEntry, write_audit
+from store.engine import AsyncSession, Sessions
+from store.events import add_event
+from store.guardian import guardian_state, write_guardian_rejection
+from store.tables import (
+    ApprovalRow,
+    PostTradeSnapshotRow,
+    approval_from_row,
+    approval_to_row_values,
+    sealed,
+    snapshot_from_row,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+# --- writes (the activities') -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded(Generic[T]):
+    """What a write returns: its result, and whether this call wrote it (False: a retry found
+    the earlier run's work)."""
+
+    value: T
+    written: bool
+
+
+def _same_content(a: ApprovalRequest, b: ApprovalRequest) -> bool:
+    return RowHasher.canonical_json(a) == RowHasher.canonical_json(b)
+
+
+_DECISION_FIELDS = (
+    "status",
+    "decided_at",
+    "decided_by",
+    "decision_channel",
+    "decision_reason",
+    "comment",
+)
+
+
+def _same_request(found: ApprovalRequest, expected: ApprovalRequest) -> bool:
+    """Equal but for the decision: the same approval, decided since or not."""
+    decision = {name: getattr(found, name) for name in _DECISION_FIELDS}
+    return _same_content(found, expected.model_copy(update=decision))
+
+
+def _altered(trade_id: UUID, *, correlation_id: str, actor: str, action: str) -> HITLError:
+    """The SEC-080 failure for a stored approval that is not what the gateway wrote; logged."""
+    log.critical(
+        "stored approval failed its integrity check",
+        correlation_id=correlation_id,
+        actor=actor,
+        action=action,
+        result="refused",
+        error_code=ErrorCode.INTEGRITY_FAILURE.code,
+        trade_id=str(trade_id),
+    )
+    return HITLError(ErrorCode.INTEGRITY_FAILURE, f"stored approval {trade_id} was altered")
+
+
+def _not_found(trade_id: UUID) -> HITLError:
+    return HITLError(ErrorCode.NOT_FOUND, f"no stored approval for trade {trade_id}")
+
+
+def _read_row(row: ApprovalRow) -> ApprovalRequest | None:
+    try:
+        return approval_from_row(row)
+    except ValidationError:
+        return None
+
+
+def _row_dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
+    if found is not None:
+        return found.to_dict()
+    return {name: str(getattr(row, name)) for name in ApprovalRequest.model_fields}
+
+
+def _integrity_rejection(data: RecordDecisionInput) -> ApprovalRequest:
+    return data.expected.model_copy(
+        update={
+            "status": TradeStatus.REJECTED,
+            "decided_at": data.decided.decided_at,
+            "decided_by": "system",
+            "decision_channel": DecisionChannel.SYSTEM,
+            "decision_reason": DecisionReason.INTEGRITY_FAILURE,
+            "comment": "stored record failed its integrity check",
+        }
+    )
+
+
+async def _load(session: AsyncSession, trade_id: UUID) -> ApprovalRow | None:
+    query = select(ApprovalRow).where(ApprovalRow.trade_id == trade_id).with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def record_request(sessions: Sessions, data: RecordRequestInput) -> Recorded[ApprovalRequest]:
+    """Store a new approval as AWAITING_APPROVAL with its hash, audit entry and ``hitl.created``
+    event; rejected at once if the Guardian is locked. A second run returns the stored record."""
+    approval = sealed(data.approval)
+    async with sessions.begin() as session:
+        existing = await _load(session, approval.trade_id)
+        if existing is not None:
+            # A retry of a run that committed: the row must still be the one it wrote (or that,
+            # rejected since by a Guardian lock).
+            found = _read_row(existing)
+            if found is None or not RowHasher.verify(found) or not _same_request(found, approval):
+                raise _altered(
+                    approval.trade_id,
+                    correlation_id=approval.correlation_id,
+                    actor=data.requested_by,
+                    action="approval.requested",
+                )
+            return Recorded(found, written=False)
+        guardian = await guardian_state(session)
+        row = ApprovalRow(**approval_to_row_values(approval))
+        session.add(row)
+        await write_audit(
+            session,
+            AuditEntry(
+                actor_id=data.requested_by,
+                action="approval.requested",
+                target_id=approval.trade_id,
+                correlation_id=approval.correlation_id,
+                previous_state=TradeStatus.PENDING.value,
+                new_state=approval.status.value,
+                payload=approval.to_dict(),
+                idempotency_key=f"{approval.trade_id}:requested",
+            ),
+        )
+        await add_event(
+            session,
+            event_type="hitl.created",
+            approval=approval,
+            key=f"{approval.trade_id}:hitl.created",
+        )
+        if guardian.locked:
+            # The lock committed after the API let this request in: it is recorded, and rejected
+            # at once, like every approval that was pending when the lock came.
+            approval = await write_guardian_rejection(
+                session, row, approval, guardian=guardian, at=approval.requested_at
+            )
+    return Recorded(approval, written=True)
+
+
+async def record_decision(
+    sessions: Sessions, data: RecordDecisionInput
+) -> Recorded[DecisionRecorded]:
+    """End the approval phase (decision, expiry, rejection by the system).
+
+    The stored row must match both its own hash and the workflow's copy; otherwise the approval
+    is rejected with INTEGRITY_FAILURE (SEC-080), the row restored from the workflow's copy, and
+    what was found kept in the audit entry. An acceptance that meets a locked Guardian ends
+    rejected instead (``guardian_blocked``).
+    """
+    trade_id = data.expected.trade_id
+    async with sessions.begin() as session:
+        row = await _load(session, trade_id)
+        if row is None:
+            raise _not_found(trade_id)
+        found = _read_row(row)
+        if found is not None and found.is_decided and found.decided_at == data.decided.decided_at:
+            # A retry of a run that committed: hand back what it wrote, if the row still holds
+            # exactly that; a row altered since is never passed on.
+            written = (data.decided, _integrity_rejection(data))
+            if not RowHasher.verify(found) or not any(
+                _same_content(found, record) for record in written
+            ):
+                raise _altered(
+                    trade_id,
+                    correlation_id=data.expected.correlation_id,
+                    actor="system",
+                    action="approval.decided",
+                )
+            recorded = DecisionRecorded(
+                approval=found,
+                integrity_failure=found.decision_reason is DecisionReason.INTEGRITY_FAILURE,
+            )
+            return Recorded(recorded, written=False)
+        if (
+            found is not None
+            and found.decision_reason is DecisionReason.GUARDIAN_LOCK
+            and RowHasher.verify(found)
+            and _same_request(found, data.expected)
+        ):
+            # A Guardian lock rejected it in bulk; the workflow adopts that decision.
+            return Recorded(DecisionRecorded(approval=found, guardian_blocked=True), written=False)
+        intact = (
+            found is not None and RowHasher.verify(found) and _same_content(found, data.expected)
+        )
+        if intact and data.decided.status is TradeStatus.ACCEPTED:
+            guardian = await guardian_state(session)
+            if guardian.locked:
+                # The lock was acknowledged before this acceptance could commit: it never will.
+                # The approval ends rejected instead.
+                rejected = await write_guardian_rejection(
+                    session,
+                    row,
+                    data.expected,
+                    guardian=guardian,
+                    at=data.decided.decided_at or datetime.now(UTC),
+                )
+                return Recorded(
+                    DecisionRecorded(approval=rejected, guardian_blocked=True), written=True
+                )
+        decided = sealed(data.decided if intact else _integrity_rejection(data))
+        payload = {**data.audit_payload, "approval": decided.to_dict()}
+        error_code = data.error_code
+        if not intact:
+            error_code = ErrorCode.INTEGRITY_FAILURE.code
+            payload["found_row"] = _row_dump(found, row)
+        for name, value in approval_to_row_values(decided).items():
+            setattr(row, name, value)
+        await write_audit(
+            session,
+            AuditEntry(
+                actor_id=decided.decided_by or "system",
+                action="approval.decided" if intact else "approval.integrity_failure",
+                target_id=trade_id,
+                correlation_id=decided.correlation_id,
+                previous_state=TradeStatus.AWAITING_APPROVAL.value,
+                new_state=decided.status.value,
+                payload=payload,
+                error_code=error_code,
+                idempotency_key=f"{trade_id}:decided",
+            ),
+        )
+        event_type = data.event_type if intact else "hitl.decided"
+        await add_event(session, event_type=event_type, approval=decided, key=f"{trade_id}:decided")
+    return Recorded(DecisionRecorded(approval=decided, integrity_failure=not intact), written=True)
+
+
+async def record_transition(
+    sessions: Sessions, data: RecordTransitionInput
+) -> Recorded[ApprovalRequest]:
+    """Move an accepted trade along its lifecycle, with audit entry and event; an invalid move
+    raises its lifecycle code."""
+    expected = data.expected
+    trade_id = expected.trade_id
+    async with sessions.begin() as session:
+        row = await _load(session, trade_id)
+        if row is None:
+            raise _not_found(trade_id)
+        found = _read_row(row)
+        # A retry of a run that committed finds the target status, and otherwise the workflow's
+        # copy; anything else was altered behind the gateway's back.
+        retried = found is not None and found.status is data.target
+        reference = expected.model_copy(update={"status": data.target}) if retried else expected
+        if found is None or not RowHasher.verify(found) or not _same_content(found, reference):
+            raise _altered(
+                trade_id,
+                correlation_id=data.correlation_id,
+                actor=data.actor,
+                action="trade.transition",
+            )
+        if retried:
+            return Recorded(found, written=False)
+        ok, code = validate_transition(found.status, data.target)
+        if not ok:
+            refusal = ErrorCode.from_code(code) if code else ErrorCode.INVALID_TRANSITION
+            raise HITLError(refusal, f"{found.status} cannot become {data.target}")
+        moved = sealed(found.model_copy(update={"status": data.target}))
+        for name, value in approval_to_row_values(moved).items():
+            setattr(row, name, value)
+        await write_audit(
+            session,
+            AuditEntry(
+                actor_id=data.actor,
+                action="trade.transitioned",
+                target_id=trade_id,
+                correlation_id=data.correlation_id,
+                previous_state=found.status.value,
+                new_state=data.target.value,
+                payload={"details": data.details, "approval": moved.to_dict()},
+                idempotency_key=f"{trade_id}:{data.target.value}",
+            ),
+        )
+        await add_event(
+            session,
+            event_type="hitl.lifecycle",
+            approval=moved,
+            key=f"{trade_id}:lifecycle:{data.target.value}",
+        )
+    return Recorded(moved, written=True)
+
+
+async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> PostTradeSnapshot:
+    """Store the post-trade snapshot of an accepted approval; once per approval."""
+    approval, quote = data.approval, data.quote
+    async with sessions.begin() as session:
+        approval_id = (
+            await session.execute(
+                select(ApprovalRow.id).where(ApprovalRow.trade_id == approval.trade_id)
+            )
+        ).scalar_one_or_none()
+        if approval_id is None:
+            raise _not_found(approval.trade_id)
+        existing = (
+            await session.execute(
+                select(PostTradeSnapshotRow).where(PostTradeSnapshotRow.approval_id == approval_id)
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            figures = snapshot_figures(
+                bid=quote.bid, ask=quote.ask, request_price=approval.request_price
+            )
+            existing = PostTradeSnapshotRow(
+                approval_id=approval_id,
+                bid=quote.bid,
+                ask=quote.ask,
+                spread=figures.spread,
+                mid_price=figures.mid_price,
+                response_latency_ms=quote.response_latency_ms,
+                price_deviation_pct=figures.price_deviation_pct,
+                correlation_id=approval.correlation_id,
+                created_at=datetime.now(UTC),
+            )
+            session.add(existing)
+            await session.flush()
+            # Hand back what the columns kept (8 places), as a retry would read it.
+            await session.refresh(existing)
+    return snapshot_from_row(existing, trade_id=approval.trade_id)
+
+
+# --- reads (the API's) ------------------------------------------------------------------------
+
+
+def _verified(row: ApprovalRow) -> tuple[ApprovalRequest | None, bool]:
+    """The record a row holds and whether its hash verifies; SEC-080 logged when not."""
+    approval = _read_row(row)
+    sound = approval is not None and RowHasher.verify(approval)
+    if not sound:
+        log.error(
+            "stored approval failed its integrity check",
+            correlation_id=row.correlation_id,
+            actor="api",
+            action="approval.read",
+            result="flagged",
+            error_code=ErrorCode.INTEGRITY_FAILURE.code,
+            trade_id=str(row.trade_id),
+        )
+    return approval, sound
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingRecord:
+    """One approval awaiting a decision, as stored: its columns, read even when the record as a
+    whole does not verify (``integrity_ok`` false, SEC-080), so operators see it flagged."""
+
+    trade_id: UUID
+    instrument: str
+    side: str
+    risk_pct: Decimal
+    confidence: Decimal
+    request_price: Decimal
+    requested_at: datetime
+    expires_at: datetime
+    reasoning_summary: str
+    correlation_id: str
+    integrity_ok: bool
+
+
+async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
+    """Approvals awaiting a decision, soonest deadline first, each with its hash checked."""
+    rows = await session.execute(
+        select(ApprovalRow)
+        .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
+        .order_by(ApprovalRow.expires_at, ApprovalRow.id)
+    )
+    pending = []
+    for row in rows.scalars():
+        _, sound = _verified(row)
+        pending.append(
+            PendingRecord(
+                trade_id=row.trade_id,
+                instrument=row.instrument,
+                side=row.side,
+                risk_pct=row.risk_pct,
+                confidence=row.confidence,
+                request_price=row.request_price,
+                requested_at=row.requested_at,
+                expires_at=row.expires_at,
+                reasoning_summary=row.reasoning_summary,
+                correlation_id=row.correlation_id,
+                integrity_ok=sound,
+            )
+        )
+    return pending
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """One approval as stored, whether its hash verifies, and its post-trade snapshot if any."""
+
+    approval: ApprovalRequest
+    integrity_ok: bool
+    snapshot: PostTradeSnapshot | None
+
+
+async def approval_record(session: AsyncSession, trade_id: UUID) -> ApprovalRecord | None:
+    """The full record of one approval, or None if there is none; SEC-080 if it is unreadable."""
+    row = (
+        await session.execute(select(ApprovalRow).where(ApprovalRow.trade_id == trade_id))
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    approval, sound = _verified(row)
+    if approval is None:
+        raise HITLError(
+            ErrorCode.INTEGRITY_FAILURE, f"the stored approval of {trade_id} cannot be read"
+        )
+    snapshot_row = (
+        await session.execute(
+            select(PostTradeSnapshotRow).where(PostTradeSnapshotRow.approval_id == row.id)
+        )
+    ).scalar_one_or_none()
+    snapshot = None
+    if snapshot_row is not None:
+        snapshot = snapshot_from_row(snapshot_row, trade_id=trade_id)
+    return ApprovalRecord(approval=approval, integrity_ok=sound, snapshot=snapshot)
