@@ -27,7 +27,7 @@ from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
-from store.engine import create_engine, session_factory
+from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
 
@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 def activities_for(
     *,
-    sessions: Any,
+    sessions: Sessions,
     provider: MarketDataProvider,
     notifier: Notifier,
     client: Client,
