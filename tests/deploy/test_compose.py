@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings
 import hitl.metrics
 from api.routes import health
 from hitl.settings import Settings, WorkerSettings, known_variables
+from launcher.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -170,7 +171,7 @@ def _settings_fields() -> dict[str, tuple[type[BaseSettings], str]]:
 
 def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     tool = Path(sys.executable).with_name("check-jsonschema")
-    assert tool.exists(), f"{tool} is missing: install the test extras (pip install -e '.[test]')"
+    assert tool.exists(), f"{tool} is missing: run `make install` (the lock's dev group)"
     # The vendored schema ships in the package: no download, so this works offline.
     return subprocess.run(
         [str(tool), "--builtin-schema", "vendor.compose-spec", str(path)],
@@ -513,6 +514,11 @@ def test_commands_run_modules_that_exist(services: dict[str, dict[str, Any]], na
         assert path.exists(), f"{name} runs `python -m {argv[2]}`, but {path.name} is missing"
         tree = ast.parse(path.read_text(encoding="utf-8"))
         assert path.name == "__main__.py" or _runs_as_main(tree), f"{path} has no __main__ block"
+    elif argv[0] == "hitl":
+        # The console script pyproject.toml declares; its subcommand must be one it has.
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*argv[1:], "--help"])
+        assert exited.value.code == 0, f"{name} runs {argv}, which hitl does not know"
     elif argv[0] == "uvicorn":
         module, _, attribute = next(arg for arg in argv[1:] if not arg.startswith("-")).partition(
             ":"
@@ -540,8 +546,14 @@ def test_the_build_context_leaves_out_secrets_and_keeps_the_code(
     # .env holds the Compose secrets; data/ holds make run's development tokens.
     for secret in (".env", ".env.production", "data", ".git", ".venv"):
         assert ignored(secret), f"{secret} would be sent to the build and copied into the image"
-    needed = {"pyproject.toml", "README.md", "hitl", "workflows", "activities", "migrations"}
+    needed = {"pyproject.toml", "README.md", "requirements", "hitl", "workflows", "activities"}
+    needed |= {"migrations", "store", "api", "launcher"}
     for _, argv in _commands(services):
-        module = argv[2] if argv[:2] == ["python", "-m"] else argv[1].partition(":")[0]
+        if argv[0] == "hitl":
+            module = "launcher.cli"
+        elif argv[:2] == ["python", "-m"]:
+            module = argv[2]
+        else:
+            module = argv[1].partition(":")[0]
         needed.add(_module_file(module).relative_to(ROOT).parts[0])
     assert not sorted(path for path in needed if ignored(path))
