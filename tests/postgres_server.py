@@ -154,6 +154,21 @@ def ensure_postgres(url: str) -> None:
             " started on this machine's own address: start it, or unset the variable",
             pytrace=False,
         )
+    _started = start_temporary_postgres(
+        host=host,
+        port=port,
+        superuser=parsed.username or "postgres",
+        database=parsed.database or "postgres",
+    )
+
+
+def start_temporary_postgres(
+    *, host: str, port: int, superuser: str, database: str
+) -> TemporaryPostgres:
+    """A new server from the wheel's binaries on ``host:port``, with ``database`` created.
+
+    Fails the calling test with the server's own words when it cannot start.
+    """
     binaries = wheel_binaries()
     folder = Path(tempfile.mkdtemp(prefix="hitl-test-postgres-"))
     user: str | None = None
@@ -161,12 +176,7 @@ def ensure_postgres(url: str) -> None:
         binaries, user = _as_root(folder, binaries)
     server = TemporaryPostgres(folder=folder, bin=binaries, user=user)
     try:
-        server.start(
-            host=host,
-            port=port,
-            superuser=parsed.username or "postgres",
-            database=parsed.database or "postgres",
-        )
+        server.start(host=host, port=port, superuser=superuser, database=database)
     except (subprocess.SubprocessError, OSError) as exc:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         log = server.log.read_text(errors="replace")[-2000:] if server.log.exists() else ""
@@ -174,7 +184,7 @@ def ensure_postgres(url: str) -> None:
         pytest.fail(
             f"could not start a test PostgreSQL on {host}:{port}: {detail}\n{log}", pytrace=False
         )
-    _started = server
+    return server
 
 
 def stop_postgres() -> None:
