@@ -41,6 +41,8 @@ class ErrorCode(Enum):
     INTEGRITY_FAILURE = ErrorSpec("SEC-080", 409, "Stored record failed its integrity check.")
     UNAUTHORISED_OPERATOR = ErrorSpec("SEC-090", 403, "This principal may not take this action.")
     INVALID_DEEP_LINK = ErrorSpec("SEC-091", 403, "The link is invalid, expired or already used.")
+    COMMAND_NOT_SIGNED = ErrorSpec("SEC-092", 403, "The command was not signed by the gateway.")
+    COMMAND_EXPIRED = ErrorSpec("SEC-093", 403, "The command's proof expired or was already used.")
     INTERNAL = ErrorSpec("SEC-099", 500, "Internal error; it has been logged.")
 
     @property

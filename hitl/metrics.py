@@ -22,3 +22,8 @@ PENDING = Gauge(
     "hitl_pending_approvals",
     "Approvals awaiting a decision (read from the database when the API is scraped).",
 )
+COMMANDS_REFUSED = Counter(
+    "hitl_commands_refused_total",
+    "Commands to a workflow refused for their proof of origin (issue 14), by action and reason.",
+    ["action", "reason"],
+)

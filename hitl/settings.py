@@ -29,6 +29,8 @@ class HITLSettings(BaseSettings):
     )
     allowed_operators: Annotated[frozenset[str], NoDecode]
     data_dir: Path = Path("data")
+    keys_dir: Path | None = None
+    """The keyrings' folder (``HITL_KEYS_DIR``); default ``<HITL_DATA_DIR>/keys``."""
     hub_url: str = "http://127.0.0.1:8000"
     """Where operators open the approval page; deep links point here."""
 
@@ -121,7 +123,7 @@ class Settings(BaseModel):
     """All settings of one gateway process."""
 
     def policy(self) -> ApprovalPolicy:
-        """The approval policy new workflows start with."""
+        """The approval policy this process's worker applies (never a starter's)."""
         return ApprovalPolicy(
             enabled=self.hitl.enabled,
             timeout_seconds=self.hitl.timeout_seconds,
@@ -136,6 +138,12 @@ class Settings(BaseModel):
     worker: WorkerSettings
     api: ApiSettings
     discord: DiscordSettings
+
+    @property
+    def keys_dir(self) -> Path:
+        """The folder holding the keyrings (``hitl.keys``): ``HITL_KEYS_DIR``, else the data
+        folder's ``keys``."""
+        return self.hitl.keys_dir or self.hitl.data_dir / "keys"
 
     @property
     def database_url(self) -> str:
