@@ -122,6 +122,9 @@ class Checkpoint:
     source: str
     """Where it was recorded, for the report (``audit-checkpoints.jsonl line 12``)."""
     at: datetime | None = None
+    key_id: str | None = None
+    mac: str | None = None
+    """The checkpoint line's own MAC (kind ``checkpoint``), when it has one."""
 
 
 class ChainEntry(NamedTuple):

@@ -73,14 +73,37 @@ class RecordKeys(Protocol):
 _JSON_NATIVE = frozenset({str, int, bool, type(None), dict, list})
 
 
+class CanonicalJSON(str):
+    """JSON text already in canonical form (sorted keys, no spaces, ASCII), such as an audit
+    entry's payload as the audit writer stores it: spliced into the canonical content as it is,
+    rather than parsed and rendered again (the verifier's hot path)."""
+
+
+def canonical_json_text(value: Any) -> CanonicalJSON:
+    """``value`` rendered as :class:`CanonicalJSON`."""
+    return CanonicalJSON(
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    )
+
+
+def _parsed(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: json.loads(value) if type(value) is CanonicalJSON else value
+        for name, value in values.items()
+        if name not in EXCLUDED_FIELDS
+    }
+
+
 def canonical_content(fields: Mapping[str, Any] | BaseModel) -> str:
     """The canonical JSON of ``fields`` without :data:`EXCLUDED_FIELDS`.
 
-    Exactly :meth:`RowHasher.canonical_json`'s text; the common types are rendered in one pass,
-    because the verifier runs this for every audit entry.
+    Exactly :meth:`RowHasher.canonical_json`'s text (a :class:`CanonicalJSON` value counts as
+    the JSON it holds); the common types are rendered in one pass, because the verifier runs
+    this for every audit entry.
     """
     values = fields.model_dump() if isinstance(fields, BaseModel) else fields
     plain: dict[str, Any] = {}
+    spliced: dict[str, str] = {}
     for name, value in values.items():
         if name in EXCLUDED_FIELDS:
             continue
@@ -89,12 +112,22 @@ def canonical_content(fields: Mapping[str, Any] | BaseModel) -> str:
             plain[name] = value
         elif kind is datetime and value.tzinfo is not None:
             plain[name] = value.astimezone(UTC).isoformat(timespec="microseconds")
+        elif kind is CanonicalJSON:
+            # A NUL marker, rendered as the quoted string json.dumps makes of it, stands in for
+            # the text until it is spliced in below.
+            marker = f"\x00{len(spliced)}"
+            spliced[json.dumps(marker)] = value
+            plain[name] = marker
         else:
             # Decimals, UUIDs, enums: the row hasher's rules, for the whole record.
-            return RowHasher.canonical_json(
-                {name: value for name, value in values.items() if name not in EXCLUDED_FIELDS}
-            )
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+            return RowHasher.canonical_json(_parsed(values))
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    for quoted, value in spliced.items():
+        if text.count(quoted) != 1:
+            # Another value holds the marker itself: render everything the slow way.
+            return RowHasher.canonical_json(_parsed(values))
+        text = text.replace(quoted, value)
+    return text
 
 
 def mac_message(kind: RecordKind, key_id: str, fields: Mapping[str, Any] | BaseModel) -> bytes:

@@ -34,7 +34,14 @@ from hitl.audit_chain import (
 from hitl.hashing import RowHasher
 from hitl.keys import KeyPurpose, Keyring, new_keyring
 from hitl.models import ApprovalRequest
-from hitl.record_mac import MacCheck, RecordKind, RecordSigner, canonical_content, compute_mac
+from hitl.record_mac import (
+    MacCheck,
+    RecordKind,
+    RecordSigner,
+    canonical_content,
+    canonical_json_text,
+    compute_mac,
+)
 from tests.strategies import approval_requests, texts
 
 NOW = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
@@ -518,3 +525,9 @@ def test_the_fast_canonical_form_is_the_row_hashers(
     assert canonical_content(approval) == RowHasher.canonical_json(approval)
     values = columns | {"payload": payload, "created_at": NOW + timedelta(hours=1)}
     assert canonical_content(values) == RowHasher.canonical_json(values)
+    # The payload as the audit writer stores it (canonical text), spliced in unparsed.
+    stored = values | {"payload": canonical_json_text(payload)}
+    assert canonical_content(stored) == RowHasher.canonical_json(values)
+    # A value that holds the splice marker itself cannot confuse it.
+    tricky = stored | {"actor_id": "\x000"}
+    assert canonical_content(tricky) == RowHasher.canonical_json(values | {"actor_id": "\x000"})
