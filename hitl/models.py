@@ -62,6 +62,8 @@ class DecisionReason(StrEnum):
     SLIPPAGE_EXCEEDED = "SLIPPAGE_EXCEEDED"
     GUARDIAN_LOCK = "GUARDIAN_LOCK"
     INTEGRITY_FAILURE = "INTEGRITY_FAILURE"
+    WORKFLOW_LOST = "WORKFLOW_LOST"
+    """The approval's workflow ended or vanished without deciding it: closed by reconciliation."""
 
 
 def _to_utc(value: datetime) -> datetime:

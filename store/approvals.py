@@ -23,6 +23,7 @@ from hitl.errors import ErrorCode, HITLError
 from hitl.hashing import RowHasher
 from hitl.lifecycle import validate_transition
 from hitl.messages import (
+    SYSTEM_ACTOR,
     DecisionRecorded,
     PostTradeSnapshot,
     RecordDecisionInput,
@@ -319,6 +320,65 @@ async def record_transition(
             key=f"{trade_id}:lifecycle:{data.target.value}",
         )
     return Recorded(moved, written=True)
+
+
+async def close_lost_approval(
+    sessions: Sessions, trade_id: UUID, *, at: datetime, workflow_state: str
+) -> bool:
+    """Close an approval whose workflow no longer runs: REJECTED, ``WORKFLOW_LOST``, by the
+    system, with its audit entry and ``hitl.decided`` event; returns whether this call wrote it.
+
+    Only a row still AWAITING_APPROVAL is written, re-read under the row lock (the write lock on
+    SQLite): another worker's pass, a Guardian lock or a decision may have closed it since the
+    reconciler read it. The audit entry's key is the one every decision uses, so the approval
+    can never hold two. A row failing its hash is closed too (nothing can trade on it), with
+    what was found kept in the entry and SEC-080; a row holding values no record could have is
+    left alone (there is no record to close) and counted as an integrity failure by the pass.
+    """
+    async with sessions.begin() as session:
+        row = await _load(session, trade_id)
+        if row is None or row.status != TradeStatus.AWAITING_APPROVAL.value:
+            return False
+        found = _read_row(row)
+        if found is None:
+            return False
+        intact = RowHasher.verify(found)
+        why = f"workflow {workflow_state.lower().replace('_', ' ')}; closed by reconciliation"
+        closed = sealed(
+            found.model_copy(
+                update={
+                    "status": TradeStatus.REJECTED,
+                    "decided_at": at,
+                    "decided_by": SYSTEM_ACTOR,
+                    "decision_channel": DecisionChannel.SYSTEM,
+                    "decision_reason": DecisionReason.WORKFLOW_LOST,
+                    "comment": why if intact else f"{why} (the row failed its integrity check)",
+                }
+            )
+        )
+        payload: dict[str, Any] = {"approval": closed.to_dict(), "workflow_state": workflow_state}
+        if not intact:
+            payload["found_row"] = found.to_dict()
+        for name, value in approval_to_row_values(closed).items():
+            setattr(row, name, value)
+        await write_audit(
+            session,
+            AuditEntry(
+                actor_id=SYSTEM_ACTOR,
+                action="approval.workflow_lost",
+                target_id=trade_id,
+                correlation_id=closed.correlation_id,
+                previous_state=TradeStatus.AWAITING_APPROVAL.value,
+                new_state=TradeStatus.REJECTED.value,
+                payload=payload,
+                error_code=None if intact else ErrorCode.INTEGRITY_FAILURE.code,
+                idempotency_key=f"{trade_id}:decided",
+            ),
+        )
+        await add_event(
+            session, event_type="hitl.decided", approval=closed, key=f"{trade_id}:decided"
+        )
+    return True
 
 
 async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> PostTradeSnapshot:

@@ -1,0 +1,106 @@
+"""What the reconciler reads, and the audit entry that flags a mismatch it may not repair.
+
+The one write that repairs (closing a lost approval REJECTED) lives with the other approval
+writes; here are the reads of the open rows and the "flagged" entries, written once per finding so
+that a mismatch seen on every pass is alerted on only the first time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hitl.hashing import RowHasher
+from hitl.messages import SYSTEM_ACTOR
+from hitl.models import TradeStatus
+from store.audit import AuditEntry, record_audit
+from store.tables import ApprovalRow, approval_from_row
+
+LIFECYCLE_OPEN: frozenset[TradeStatus] = frozenset(
+    {TradeStatus.ACCEPTED, TradeStatus.FILLED, TradeStatus.CLOSED}
+)
+"""Accepted trades whose workflow still follows them to SETTLED."""
+
+_CHUNK = 500
+"""Trade ids per ``IN (...)`` list (SQLite allows at most 32,766 parameters; keep it small)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRow:
+    """An approval row that is still open: awaiting a decision or an accepted trade."""
+
+    trade_id: UUID
+    status: TradeStatus
+    correlation_id: str
+    intact: bool
+    """Its row hash matches its content."""
+
+
+async def open_rows(sessions: async_sessionmaker[AsyncSession]) -> list[OpenRow]:
+    """Every row AWAITING_APPROVAL or in an open lifecycle state, with whether it is intact."""
+    statuses = [TradeStatus.AWAITING_APPROVAL.value, *(s.value for s in LIFECYCLE_OPEN)]
+    async with sessions() as session:
+        found = (
+            await session.execute(select(ApprovalRow).where(ApprovalRow.status.in_(statuses)))
+        ).scalars()
+        rows: list[OpenRow] = []
+        for row in found:
+            try:
+                intact = RowHasher.verify(approval_from_row(row))
+            except ValidationError:  # values no record could hold
+                intact = False
+            rows.append(
+                OpenRow(
+                    trade_id=row.trade_id,
+                    status=TradeStatus(row.status),
+                    correlation_id=row.correlation_id,
+                    intact=intact,
+                )
+            )
+    return rows
+
+
+async def trade_ids_without_row(
+    sessions: async_sessionmaker[AsyncSession], trade_ids: Sequence[UUID]
+) -> list[UUID]:
+    """Those of ``trade_ids`` that have no approval row at all."""
+    known: set[UUID] = set()
+    async with sessions() as session:
+        for start in range(0, len(trade_ids), _CHUNK):
+            chunk = trade_ids[start : start + _CHUNK]
+            found = await session.execute(
+                select(ApprovalRow.trade_id).where(ApprovalRow.trade_id.in_(chunk))
+            )
+            known.update(found.scalars())
+    return [trade_id for trade_id in trade_ids if trade_id not in known]
+
+
+async def record_reconcile_finding(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    kind: str,
+    trade_id: UUID,
+    correlation_id: str,
+    workflow_state: str,
+) -> bool:
+    """Audit a mismatch the reconciler flags without changing anything; once per finding.
+
+    Returns whether this call wrote the entry (the first pass to see it raises the alert).
+    """
+    return await record_audit(
+        sessions,
+        AuditEntry(
+            actor_id=SYSTEM_ACTOR,
+            action=f"reconcile.{kind.lower()}",
+            target_id=trade_id,
+            correlation_id=correlation_id,
+            payload={"kind": kind, "workflow_state": workflow_state},
+            idempotency_key=f"{trade_id}:reconcile:{kind.lower()}",
+        ),
+        once=True,
+    )
