@@ -27,3 +27,11 @@ COMMANDS_REFUSED = Counter(
     "Commands to a workflow refused for their proof of origin (issue 14), by action and reason.",
     ["action", "reason"],
 )
+RECONCILE_MISMATCHES = Gauge(
+    "hitl_reconcile_mismatches",
+    "Rows and workflows that disagreed at the last reconciliation pass (issue 16).",
+)
+RECONCILE_REPAIRS = Counter(
+    "hitl_reconcile_repairs_total",
+    "Approvals closed REJECTED with WORKFLOW_LOST because their workflow was gone.",
+)

@@ -33,6 +33,8 @@ class HITLSettings(BaseSettings):
     """The keyrings' folder (``HITL_KEYS_DIR``); default ``<HITL_DATA_DIR>/keys``."""
     hub_url: str = "http://127.0.0.1:8000"
     """Where operators open the approval page; deep links point here."""
+    reconcile_seconds: Annotated[int, Field(gt=0)] = 60
+    """How often the database and Temporal are reconciled (``HITL_RECONCILE_SECONDS``)."""
 
     @field_validator("allowed_operators", mode="before")
     @classmethod
@@ -110,6 +112,9 @@ class DiscordSettings(BaseSettings):
     """The channel approval messages are posted to."""
     api_base_url: str = ""
     """Discord's REST base URL; empty means discord.py's default. Tests point it at a fake."""
+    gateway_url: str = ""
+    """Discord's gateway (websocket) URL; empty means the one ``GET /gateway/bot`` names when
+    ``api_base_url`` is set, else discord.py's default. Tests point it at a fake."""
     operators: str = ""
     """``discord_user_id:operator_id`` pairs, comma-separated: who may decide by button."""
 
