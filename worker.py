@@ -25,11 +25,14 @@ from activities.market_providers import MarketDataProvider, provider_from_settin
 from activities.market_quotes import MarketDataActivities
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
+from activities.reconcile import ReconcileActivities
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
 from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
+from workflows.reconciler import ReconcilerWorkflow
+from workflows.reconciler_client import ReconcilerClient
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +49,7 @@ def activities_for(
     notifications = NotificationActivities(notifier)
     market = MarketDataActivities(provider)
     guardian = GuardianActivities(sessions, client)
+    reconcile = ReconcileActivities(sessions, client)
     return [
         guardian.engage_guardian_lock,
         guardian.release_guardian_lock,
@@ -61,6 +65,7 @@ def activities_for(
         notifications.notify_security_alert,
         notifications.notify_guardian_cascade,
         market.fetch_quote,
+        reconcile.reconcile,
     ]
 
 
@@ -75,7 +80,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ApprovalWorkflow, GuardianWorkflow],
+        workflows=[ApprovalWorkflow, GuardianWorkflow, ReconcilerWorkflow],
         activities=activities,
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -124,6 +129,45 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     )
 
 
+STARTUP_SUMMARY_SECONDS = 120.0
+"""How long the worker waits for its startup pass before it logs that there is no summary."""
+
+
+async def log_startup_summary(client: Client, settings: Settings) -> None:
+    """Ask the reconciler for a pass (starting it if need be) and log the one startup line:
+    approvals resumed, lifecycle trades open, integrity failures, mismatches found."""
+    reconciler = ReconcilerClient(
+        client,
+        task_queue=settings.temporal.task_queue,
+        interval_seconds=settings.hitl.reconcile_seconds,
+    )
+    try:
+        async with asyncio.timeout(STARTUP_SUMMARY_SECONDS):
+            report = await reconciler.startup_pass()
+    except Exception as exc:  # the worker serves regardless; the reconciler will catch up
+        log.warning(
+            "no startup summary",
+            correlation_id="-",
+            actor="worker",
+            action="worker.startup_summary",
+            result="unavailable",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return
+    log.info(
+        f"worker ready: {report.summary()}",
+        correlation_id="-",
+        actor="worker",
+        action="worker.startup_summary",
+        result="ok",
+        approvals_resumed=report.approvals_resumed,
+        lifecycle_open=report.lifecycle_open,
+        integrity_failures=report.integrity_failures,
+        mismatches=report.mismatches,
+        repaired=report.repaired,
+    )
+
+
 async def main() -> None:
     """Run the worker until SIGINT or SIGTERM, then shut down gracefully."""
     settings = get_settings()
@@ -160,7 +204,9 @@ async def main() -> None:
             notifier=type(notifier).__name__,
         )
         async with worker:
+            summary = asyncio.create_task(log_startup_summary(client, settings))
             await stop.wait()
+            summary.cancel()
     await provider.aclose()
     await engine.dispose()
     log.info(

@@ -1,0 +1,192 @@
+"""ReconcilerWorkflow: every ``HITL_RECONCILE_SECONDS``, one reconciliation pass.
+
+A long-lived workflow rather than a Temporal Schedule (docs/reliability.md says why): one
+workflow per gateway (its id names the task queue), started by whichever worker comes first and
+left running by the others, so passes never overlap however many workers run. It keeps the last
+pass's report for ``/readyz`` (a query) and the Discord bot's last word about its gateway
+connection (a signal), and it continues as new now and then so that its history stays short.
+A pass that cannot finish (the database or Temporal down) is retried until it can; nothing in
+this workflow fails it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.notifications import NotificationActivities
+    from activities.reconcile import (
+        ALERT_CODES,
+        ReconcileActivities,
+        ReconcileInput,
+        ReconcileReport,
+    )
+    from hitl.messages import SecurityAlertInput
+    from hitl.models import UtcDatetime
+
+PASS_TIMEOUT = timedelta(minutes=5)
+PASS_HEARTBEAT = timedelta(seconds=60)
+# A pass retries until the database and Temporal answer again, backing off to 30 s.
+PASS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+ALERT_TIMEOUT = timedelta(seconds=30)
+ALERT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+ALERT_GIVE_UP = timedelta(minutes=10)
+"""A notifier that stays down must not stop the passes: an alert is given up after this (the
+finding stays in the audit trail, the metric and the log)."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DiscordStatus(_Message):
+    """The Discord bot's connection to Discord's gateway, as the bot last reported it."""
+
+    connected: bool
+    detail: str = ""
+    at: UtcDatetime
+
+
+class ReconcilerInput(_Message):
+    """What starts (or continues) the reconciler."""
+
+    task_queue: str
+    interval_seconds: Annotated[int, Field(gt=0)] = 60
+    passes_per_run: Annotated[int, Field(gt=0)] = 100
+    """Passes before continuing as new (about 100 minutes at the default interval)."""
+    orphan_grace_seconds: Annotated[int, Field(ge=0)] = 60
+    last: ReconcileReport | None = None
+    startup: ReconcileReport | None = None
+    discord: DiscordStatus | None = None
+
+
+class ReconcileNow(_Message):
+    """Run a pass now and answer with its report (the worker's startup summary)."""
+
+    interval_seconds: Annotated[int, Field(gt=0)] | None = None
+    """When given, the interval from now on (the worker's setting wins over the one the
+    workflow was started with)."""
+    startup: bool = False
+    """A worker asks as it starts: the report is kept as the startup summary."""
+
+
+class ReconcilerStatus(_Message):
+    """What ``/readyz`` shows."""
+
+    startup: ReconcileReport | None = None
+    """The pass a worker asked for as it started: the startup summary."""
+    last: ReconcileReport | None = None
+    discord: DiscordStatus | None = None
+    interval_seconds: int
+
+
+@workflow.defn(name="ReconcilerWorkflow")
+class ReconcilerWorkflow:
+    """Runs reconciliation passes for ever, one at a time."""
+
+    @workflow.init
+    def __init__(self, data: ReconcilerInput) -> None:
+        self._interval = data.interval_seconds
+        self._startup = data.startup
+        self._last = data.last
+        self._discord = data.discord
+        self._started = 0
+        self._completed = 0
+        self._wanted = 0
+        """The pass a ``reconcile_now`` waits for (a pass started after it asked)."""
+
+    @workflow.run
+    async def run(self, data: ReconcilerInput) -> None:
+        """Pass, sleep, pass…; continue as new after ``passes_per_run`` passes."""
+        # A pass someone waits for is run even when this run's passes are used up.
+        while self._started < data.passes_per_run or self._wanted > self._started:
+            self._started += 1
+            report = await workflow.execute_activity_method(
+                ReconcileActivities.reconcile,
+                ReconcileInput(
+                    task_queue=data.task_queue, orphan_grace_seconds=data.orphan_grace_seconds
+                ),
+                start_to_close_timeout=PASS_TIMEOUT,
+                heartbeat_timeout=PASS_HEARTBEAT,
+                retry_policy=PASS_RETRY,
+            )
+            self._last = report
+            self._completed += 1
+            for finding in report.alerts():
+                await self._alert(
+                    SecurityAlertInput(
+                        trade_id=finding.trade_id,
+                        error_code=ALERT_CODES[finding.kind].code,
+                        message=finding.message,
+                        correlation_id=finding.correlation_id,
+                        detected_at=report.at,
+                    )
+                )
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._wanted > self._started,
+                    timeout=timedelta(seconds=self._interval),
+                )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            data.model_copy(
+                update={
+                    "interval_seconds": self._interval,
+                    "last": self._last,
+                    "startup": self._startup,
+                    "discord": self._discord,
+                }
+            )
+        )
+
+    async def _alert(self, alert: SecurityAlertInput) -> None:
+        try:
+            await workflow.execute_activity_method(
+                NotificationActivities.notify_security_alert,
+                alert,
+                start_to_close_timeout=ALERT_TIMEOUT,
+                schedule_to_close_timeout=ALERT_GIVE_UP,
+                retry_policy=ALERT_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("reconciliation alert not delivered: %s", exc.cause)
+
+    @workflow.update
+    async def reconcile_now(self, request: ReconcileNow) -> ReconcileReport:
+        """Run a pass as soon as the one under way (if any) ends, and return its report."""
+        if request.interval_seconds is not None:
+            self._interval = request.interval_seconds
+        wanted = self._started + 1
+        self._wanted = max(self._wanted, wanted)
+        await workflow.wait_condition(lambda: self._completed >= wanted)
+        assert self._last is not None, "a completed pass leaves its report"
+        if request.startup:
+            self._startup = self._last
+        return self._last
+
+    @workflow.signal
+    def discord_status(self, status: DiscordStatus) -> None:
+        """The Discord bot reports its gateway connection (connected, or why not)."""
+        if self._discord is None or status.at >= self._discord.at:
+            self._discord = status
+
+    @workflow.query
+    def status(self) -> ReconcilerStatus:
+        """The startup summary, the last pass and Discord's connection."""
+        return ReconcilerStatus(
+            startup=self._startup,
+            last=self._last,
+            discord=self._discord,
+            interval_seconds=self._interval,
+        )
