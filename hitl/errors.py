@@ -28,6 +28,7 @@ class ErrorCode(Enum):
     INVALID_INPUT = ErrorSpec("SEC-003", 422, "The request is invalid.")
     NO_SUCH_ROUTE = ErrorSpec("SEC-004", 404, "No such endpoint.")
     METHOD_NOT_ALLOWED = ErrorSpec("SEC-005", 405, "Method not allowed on this endpoint.")
+    PAYLOAD_TOO_LARGE = ErrorSpec("SEC-006", 413, "The request body is too large.")
     NOT_FOUND = ErrorSpec("SEC-010", 404, "No approval exists for this trade.")
     DUPLICATE_REQUEST = ErrorSpec("SEC-011", 409, "An approval already exists for this trade.")
     ALREADY_DECIDED = ErrorSpec("SEC-012", 409, "The approval has already been decided.")

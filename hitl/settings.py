@@ -35,6 +35,12 @@ class HITLSettings(BaseSettings):
     """Where operators open the approval page; deep links point here."""
     reconcile_seconds: Annotated[int, Field(gt=0)] = 60
     """How often the database and Temporal are reconciled (``HITL_RECONCILE_SECONDS``)."""
+    audit_verify_seconds: Annotated[int, Field(gt=0)] = 300
+    """How often the worker verifies what was appended to the audit chain
+    (``HITL_AUDIT_VERIFY_SECONDS``; also once at start)."""
+    rate_limit_storage: SecretStr = SecretStr("")
+    """Where the API's rate limits count (``HITL_RATE_LIMIT_STORAGE``): empty for each process's
+    memory, ``redis://host:6379/0`` for a Redis shared by every API process."""
 
     @field_validator("allowed_operators", mode="before")
     @classmethod
@@ -99,6 +105,8 @@ class ApiSettings(BaseSettings):
     """How long a decision may take before the API answers 503 (and the decision lapses)."""
     rate_limit: str = "10/second;120/minute"
     """Per-principal request limit, in the ``limits`` library's notation."""
+    address_rate_limit: str = "50/second;1000/minute"
+    """Per client address, counted before any token is looked up (``limits`` notation)."""
 
 
 class DiscordSettings(BaseSettings):
