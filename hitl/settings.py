@@ -70,6 +70,20 @@ class TemporalSettings(BaseSettings):
     task_queue: str = "hitl-approvals"
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     """The Web UI port of the embedded dev server started by ``make run``."""
+    ui_loopback_codec: bool = False
+    """The embedded UI (its loopback origin, from this machine) may decode payloads at /codec
+    without a token; ``make run`` sets it when it starts the dev server. Never in production."""
+    # Transport security (workflows/connection.py); empty means unset. Paths to PEM files.
+    tls_ca: str = ""
+    """The CA that signed Temporal's certificate; any TLS variable turns TLS on."""
+    tls_cert: str = ""
+    """The client certificate (mTLS), with ``TEMPORAL_TLS_KEY``."""
+    tls_key: str = ""
+    """The client certificate's unencrypted private key."""
+    tls_server_name: str = ""
+    """The name expected on Temporal's certificate, when it differs from the address."""
+    api_key: SecretStr = SecretStr("")
+    """An API key (e.g. Temporal Cloud); implies TLS with the system's roots."""
 
 
 class MarketDataSettings(BaseSettings):
