@@ -1,4 +1,5 @@
-"""ReconcilerWorkflow: every ``HITL_RECONCILE_SECONDS``, one reconciliation pass.
+"""ReconcilerWorkflow: every ``HITL_RECONCILE_SECONDS``, one reconciliation pass (and one at once
+when a worker starts and asks for its startup summary).
 
 A long-lived workflow rather than a Temporal Schedule (docs/reliability.md says why): one
 workflow per gateway (its id names the task queue), started by whichever worker comes first and
@@ -108,37 +109,22 @@ class ReconcilerWorkflow:
 
     @workflow.run
     async def run(self, data: ReconcilerInput) -> None:
-        """Pass, sleep, pass…; continue as new after ``passes_per_run`` passes."""
-        # A pass someone waits for is run even when this run's passes are used up.
-        while self._started < data.passes_per_run or self._wanted > self._started:
-            self._started += 1
-            report = await workflow.execute_activity_method(
-                ReconcileActivities.reconcile,
-                ReconcileInput(
-                    task_queue=data.task_queue, orphan_grace_seconds=data.orphan_grace_seconds
-                ),
-                start_to_close_timeout=PASS_TIMEOUT,
-                heartbeat_timeout=PASS_HEARTBEAT,
-                retry_policy=PASS_RETRY,
-            )
-            self._last = report
-            self._completed += 1
-            for finding in report.alerts():
-                await self._alert(
-                    SecurityAlertInput(
-                        trade_id=finding.trade_id,
-                        error_code=ALERT_CODES[finding.kind].code,
-                        message=finding.message,
-                        correlation_id=finding.correlation_id,
-                        detected_at=report.at,
+        """Sleep, pass, sleep…; a pass asked for runs at once. Continues as new after
+        ``passes_per_run`` passes."""
+        while True:
+            while self._started < data.passes_per_run or self._wanted > self._started:
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: self._wanted > self._started,
+                        timeout=timedelta(seconds=self._interval),
                     )
-                )
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._wanted > self._started,
-                    timeout=timedelta(seconds=self._interval),
-                )
-        await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._pass(data)
+            # A pass asked for while the handlers finish is run before continuing as new.
+            await workflow.wait_condition(
+                lambda: workflow.all_handlers_finished() or self._wanted > self._started
+            )
+            if self._wanted <= self._started:
+                break
         workflow.continue_as_new(
             data.model_copy(
                 update={
@@ -149,6 +135,30 @@ class ReconcilerWorkflow:
                 }
             )
         )
+
+    async def _pass(self, data: ReconcilerInput) -> None:
+        self._started += 1
+        report = await workflow.execute_activity_method(
+            ReconcileActivities.reconcile,
+            ReconcileInput(
+                task_queue=data.task_queue, orphan_grace_seconds=data.orphan_grace_seconds
+            ),
+            start_to_close_timeout=PASS_TIMEOUT,
+            heartbeat_timeout=PASS_HEARTBEAT,
+            retry_policy=PASS_RETRY,
+        )
+        self._last = report
+        self._completed += 1
+        for finding in report.alerts():
+            await self._alert(
+                SecurityAlertInput(
+                    trade_id=finding.trade_id,
+                    error_code=ALERT_CODES[finding.kind].code,
+                    message=finding.message,
+                    correlation_id=finding.correlation_id,
+                    detected_at=report.at,
+                )
+            )
 
     async def _alert(self, alert: SecurityAlertInput) -> None:
         try:
