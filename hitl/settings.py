@@ -8,13 +8,14 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl.errors import ConfigurationError
 from hitl.messages import ApprovalPolicy
+from hitl.models import Price
 
 
 class HITLSettings(BaseSettings):
@@ -95,6 +96,41 @@ class MarketDataSettings(BaseSettings):
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
+class MarketSettings(BaseSettings):
+    """Which market the worker quotes (``HITL_MARKET``) and the paper market's parameters."""
+
+    model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore")
+
+    market: Literal["", "simulated", "http"] = ""
+    """``simulated`` (the paper market), ``http`` (``MARKET_DATA_URL``), or empty: http when
+    ``MARKET_DATA_URL`` is set, the paper market only on the embedded default (SQLite)."""
+    market_prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
+    """Starting prices, ``EUR/USD=1.1612,XAU/USD=2650.5``; others start at their first proposal."""
+    market_volatility: Annotated[Decimal, Field(ge=0, le=Decimal("0.01"))] = Decimal("0.0001")
+    """The paper market's relative standard deviation over one second (it grows with √t)."""
+    market_seed: int = 0
+    """The paper market's random path; every worker must share it to quote alike."""
+
+    @field_validator("market", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("market_prices", mode="before")
+    @classmethod
+    def _split_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        prices: dict[str, str] = {}
+        for entry in (part.strip() for part in value.split(",")):
+            instrument, sep, price = entry.partition("=")
+            if entry and (not sep or not instrument.strip()):
+                raise ValueError(f"{entry!r} is not INSTRUMENT=PRICE")
+            if entry:
+                prices[instrument.strip()] = price.strip()
+        return prices
+
+
 class WorkerSettings(BaseSettings):
     """The Temporal worker process (``HITL_WORKER_*``)."""
 
@@ -162,6 +198,7 @@ class Settings(BaseModel):
     database: DatabaseSettings
     temporal: TemporalSettings
     market_data: MarketDataSettings
+    market: MarketSettings = Field(default_factory=MarketSettings)
     worker: WorkerSettings
     api: ApiSettings
     discord: DiscordSettings
@@ -202,6 +239,7 @@ def load_settings() -> Settings:
         database=_load(DatabaseSettings),
         temporal=_load(TemporalSettings),
         market_data=_load(MarketDataSettings),
+        market=_load(MarketSettings),
         worker=_load(WorkerSettings),
         api=_load(ApiSettings),
         discord=_load(DiscordSettings),
@@ -213,6 +251,7 @@ _GROUPS: tuple[type[BaseSettings], ...] = (
     DatabaseSettings,
     TemporalSettings,
     MarketDataSettings,
+    MarketSettings,
     WorkerSettings,
     ApiSettings,
     DiscordSettings,
