@@ -26,8 +26,6 @@ from uuid import UUID
 
 import discord
 import structlog
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
@@ -48,6 +46,7 @@ from hitl.settings import Settings, get_settings
 from store.audit import AuditEntry, record_audit
 from store.engine import Sessions, create_engine, session_factory
 from workflows.client import ApprovalClient
+from workflows.connection import connect_temporal
 
 # Named, not __name__: run as "python -m discord_bot" the module is "__main__".
 log = structlog.get_logger("discord_bot")
@@ -315,11 +314,7 @@ async def run(settings: Settings) -> None:
     use_api_base_url(settings.discord.api_base_url)
     engine = create_engine(settings.database_url)
     try:
-        temporal = await Client.connect(
-            settings.temporal.address,
-            namespace=settings.temporal.namespace,
-            data_converter=pydantic_data_converter,
-        )
+        temporal = await connect_temporal(settings)
         bot = ApprovalBot(
             DecisionDesk(
                 approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),

