@@ -32,7 +32,7 @@ CERT_VARIABLE = "TEMPORAL_TLS_CERT"
 KEY_VARIABLE = "TEMPORAL_TLS_KEY"
 
 
-def data_converter(settings: Settings) -> DataConverter:
+def gateway_data_converter(settings: Settings) -> DataConverter:
     """The converter every client, worker and replayer of this gateway uses: pydantic plus the
     payload codec over the PAYLOADS keyring file, followed across rotations (SEC-040 when the
     keyring is missing or malformed)."""
@@ -90,7 +90,7 @@ async def connect_temporal(
     return await Client.connect(
         temporal.address,
         namespace=temporal.namespace,
-        data_converter=data_converter(settings),
+        data_converter=gateway_data_converter(settings),
         tls=tls,
         api_key=temporal.api_key.get_secret_value() or None,
         runtime=runtime,
