@@ -35,3 +35,7 @@ RECONCILE_REPAIRS = Counter(
     "hitl_reconcile_repairs_total",
     "Approvals closed REJECTED with WORKFLOW_LOST because their workflow was gone.",
 )
+AUDIT_CHAIN_BROKEN = Gauge(
+    "hitl_audit_chain_broken",
+    "1 when the worker's last check of the audit chain found the record broken, else 0.",
+)

@@ -32,16 +32,23 @@ from hitl.messages import (
     RecordTransitionInput,
 )
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from hitl.record_mac import RecordKind
 from hitl.slippage import snapshot_figures
 from store.audit import AuditEntry, write_audit
 from store.engine import AsyncSession, Sessions
 from store.events import add_event
 from store.guardian import guardian_state, write_guardian_rejection
+from store.integrity import (
+    approval_intact,
+    approval_mac_ok,
+    legacy_approval_last_id,
+    seal,
+    seal_approval,
+)
 from store.tables import (
     ApprovalRow,
     PostTradeSnapshotRow,
     approval_from_row,
-    approval_to_row_values,
     sealed,
     snapshot_from_row,
 )
@@ -142,7 +149,11 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
             # A retry of a run that committed: the row must still be the one it wrote (or that,
             # rejected since by a Guardian lock).
             found = _read_row(existing)
-            if found is None or not RowHasher.verify(found) or not _same_request(found, approval):
+            if (
+                found is None
+                or not await approval_intact(session, existing, found)
+                or not _same_request(found, approval)
+            ):
                 raise _altered(
                     approval.trade_id,
                     correlation_id=approval.correlation_id,
@@ -151,7 +162,8 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
                 )
             return Recorded(found, written=False)
         guardian = await guardian_state(session)
-        row = ApprovalRow(**approval_to_row_values(approval))
+        row = ApprovalRow()
+        mac = seal_approval(row, approval)
         session.add(row)
         await write_audit(
             session,
@@ -164,6 +176,7 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
                 new_state=approval.status.value,
                 payload=approval.to_dict(),
                 idempotency_key=f"{approval.trade_id}:requested",
+                record_mac=mac,
             ),
         )
         await add_event(
@@ -201,7 +214,7 @@ async def record_decision(
             # A retry of a run that committed: hand back what it wrote, if the row still holds
             # exactly that; a row altered since is never passed on.
             written = (data.decided, _integrity_rejection(data))
-            if not RowHasher.verify(found) or not any(
+            if not await approval_intact(session, row, found) or not any(
                 _same_content(found, record) for record in written
             ):
                 raise _altered(
@@ -218,13 +231,15 @@ async def record_decision(
         if (
             found is not None
             and found.decision_reason is DecisionReason.GUARDIAN_LOCK
-            and RowHasher.verify(found)
+            and await approval_intact(session, row, found)
             and _same_request(found, data.expected)
         ):
             # A Guardian lock rejected it in bulk; the workflow adopts that decision.
             return Recorded(DecisionRecorded(approval=found, guardian_blocked=True), written=False)
         intact = (
-            found is not None and RowHasher.verify(found) and _same_content(found, data.expected)
+            found is not None
+            and await approval_intact(session, row, found)
+            and _same_content(found, data.expected)
         )
         if intact and data.decided.status is TradeStatus.ACCEPTED:
             guardian = await guardian_state(session)
@@ -247,8 +262,7 @@ async def record_decision(
         if not intact:
             error_code = ErrorCode.INTEGRITY_FAILURE.code
             payload["found_row"] = _row_dump(found, row)
-        for name, value in approval_to_row_values(decided).items():
-            setattr(row, name, value)
+        mac = seal_approval(row, decided)
         await write_audit(
             session,
             AuditEntry(
@@ -261,6 +275,7 @@ async def record_decision(
                 payload=payload,
                 error_code=error_code,
                 idempotency_key=f"{trade_id}:decided",
+                record_mac=mac,
             ),
         )
         event_type = data.event_type if intact else "hitl.decided"
@@ -284,7 +299,11 @@ async def record_transition(
         # copy; anything else was altered behind the gateway's back.
         retried = found is not None and found.status is data.target
         reference = expected.model_copy(update={"status": data.target}) if retried else expected
-        if found is None or not RowHasher.verify(found) or not _same_content(found, reference):
+        if (
+            found is None
+            or not await approval_intact(session, row, found)
+            or not _same_content(found, reference)
+        ):
             raise _altered(
                 trade_id,
                 correlation_id=data.correlation_id,
@@ -298,8 +317,7 @@ async def record_transition(
             refusal = ErrorCode.from_code(code) if code else ErrorCode.INVALID_TRANSITION
             raise HITLError(refusal, f"{found.status} cannot become {data.target}")
         moved = sealed(found.model_copy(update={"status": data.target}))
-        for name, value in approval_to_row_values(moved).items():
-            setattr(row, name, value)
+        mac = seal_approval(row, moved)
         await write_audit(
             session,
             AuditEntry(
@@ -311,6 +329,7 @@ async def record_transition(
                 new_state=data.target.value,
                 payload={"details": data.details, "approval": moved.to_dict()},
                 idempotency_key=f"{trade_id}:{data.target.value}",
+                record_mac=mac,
             ),
         )
         await add_event(
@@ -342,7 +361,7 @@ async def close_lost_approval(
         found = _read_row(row)
         if found is None:
             return False
-        intact = RowHasher.verify(found)
+        intact = await approval_intact(session, row, found)
         why = f"workflow {workflow_state.lower().replace('_', ' ')}; closed by reconciliation"
         closed = sealed(
             found.model_copy(
@@ -359,8 +378,7 @@ async def close_lost_approval(
         payload: dict[str, Any] = {"approval": closed.to_dict(), "workflow_state": workflow_state}
         if not intact:
             payload["found_row"] = found.to_dict()
-        for name, value in approval_to_row_values(closed).items():
-            setattr(row, name, value)
+        mac = seal_approval(row, closed)
         await write_audit(
             session,
             AuditEntry(
@@ -373,6 +391,7 @@ async def close_lost_approval(
                 payload=payload,
                 error_code=None if intact else ErrorCode.INTEGRITY_FAILURE.code,
                 idempotency_key=f"{trade_id}:decided",
+                record_mac=mac,
             ),
         )
         await add_event(
@@ -401,16 +420,20 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
             figures = snapshot_figures(
                 bid=quote.bid, ask=quote.ask, request_price=approval.request_price
             )
+            values: dict[str, Any] = {
+                "approval_id": approval_id,
+                "bid": quote.bid,
+                "ask": quote.ask,
+                "spread": figures.spread,
+                "mid_price": figures.mid_price,
+                "response_latency_ms": quote.response_latency_ms,
+                "price_deviation_pct": figures.price_deviation_pct,
+                "correlation_id": approval.correlation_id,
+                "created_at": datetime.now(UTC),
+            }
+            sealed_snapshot = seal(RecordKind.SNAPSHOT, values)
             existing = PostTradeSnapshotRow(
-                approval_id=approval_id,
-                bid=quote.bid,
-                ask=quote.ask,
-                spread=figures.spread,
-                mid_price=figures.mid_price,
-                response_latency_ms=quote.response_latency_ms,
-                price_deviation_pct=figures.price_deviation_pct,
-                correlation_id=approval.correlation_id,
-                created_at=datetime.now(UTC),
+                **values, mac=sealed_snapshot.mac, mac_key_id=sealed_snapshot.key_id
             )
             session.add(existing)
             await session.flush()
@@ -422,10 +445,10 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
 # --- reads (the API's) ------------------------------------------------------------------------
 
 
-def _verified(row: ApprovalRow) -> tuple[ApprovalRequest | None, bool]:
-    """The record a row holds and whether its hash verifies; SEC-080 logged when not."""
+def _verified(row: ApprovalRow, *, legacy_last_id: int) -> tuple[ApprovalRequest | None, bool]:
+    """The record a row holds and whether its MAC verifies; SEC-080 logged when not."""
     approval = _read_row(row)
-    sound = approval is not None and RowHasher.verify(approval)
+    sound = approval is not None and approval_mac_ok(row, approval, legacy_last_id=legacy_last_id)
     if not sound:
         log.error(
             "stored approval failed its integrity check",
@@ -465,8 +488,9 @@ async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
         .order_by(ApprovalRow.expires_at, ApprovalRow.id)
     )
     pending = []
+    legacy = await legacy_approval_last_id(session)
     for row in rows.scalars():
-        _, sound = _verified(row)
+        _, sound = _verified(row, legacy_last_id=legacy)
         pending.append(
             PendingRecord(
                 trade_id=row.trade_id,
@@ -501,7 +525,7 @@ async def approval_record(session: AsyncSession, trade_id: UUID) -> ApprovalReco
     ).scalar_one_or_none()
     if row is None:
         return None
-    approval, sound = _verified(row)
+    approval, sound = _verified(row, legacy_last_id=await legacy_approval_last_id(session))
     if approval is None:
         raise HITLError(
             ErrorCode.INTEGRITY_FAILURE, f"the stored approval of {trade_id} cannot be read"

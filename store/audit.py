@@ -1,21 +1,29 @@
-"""The audit trail's one writer, and the one read of it that the notifier makes.
+"""The audit trail's one writer, the chain it extends, and the MACs of the rows it records.
 
 Every audit entry — a state change written beside its row, a refusal at the API's door or a
-Discord button, a Discord message posted — goes through :func:`write_audit`.
+Discord button, a Discord message posted — goes through :func:`write_audit`, which gives it its
+place in the keyed hash chain (``seq``, MAC, chain value; docs/audit.md) and moves the chain head
+in the same transaction. The head row's lock serialises appends: on PostgreSQL the ``UPDATE``
+below is a row lock held to commit, on SQLite it takes the database's write lock.
+
+Lock order: a transaction takes the head lock *after* the rows it changes (approvals, the
+Guardian row) and *before* the events outbox's lock, so appends never deadlock with each other.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.tables import AuditRow
+from hitl.audit_chain import ChainHead, audit_content, next_link
+from store.integrity import record_keys
+from store.tables import AuditChainHeadRow, AuditRow, AuditVerificationRow
 
 APPROVAL_TARGET = "approval"
 GUARDIAN_TARGET = "guardian"
@@ -38,33 +46,63 @@ class AuditEntry:
     idempotency_key: str | None = None
     """Unique when set: the same entry is never written twice."""
     target_type: str = APPROVAL_TARGET
+    record_mac: str | None = None
+    """The MAC of the row as this entry leaves it (an approval's or the Guardian's state
+    change): the verifier checks the row against its last such entry."""
+
+
+_LOCK_HEAD = text("UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, chain")
+
+
+async def _lock_head(session: AsyncSession) -> ChainHead:
+    # A no-op UPDATE rather than SELECT ... FOR UPDATE: it also takes SQLite's write lock.
+    row = (await session.execute(_LOCK_HEAD)).one()
+    return ChainHead(int(row[0]), str(row[1]))
 
 
 async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = False) -> bool:
-    """Insert ``entry`` in the session's transaction; returns whether a row was written.
+    """Append ``entry`` to the chain in the session's transaction; whether a row was written.
 
     With ``once`` an entry whose idempotency key is already stored is skipped (a retried
-    activity, a message already recorded); without it such a duplicate fails the transaction
+    activity, a message already recorded); the check runs under the head lock, so two racing
+    writers of one key append it once. Without ``once`` such a duplicate fails the transaction
     (IntegrityError), as a second write of one state change must.
     """
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(AuditRow).values(
-        actor_id=entry.actor_id,
-        action=entry.action,
-        target_type=entry.target_type,
-        target_id=str(entry.target_id),
-        previous_state=entry.previous_state,
-        new_state=entry.new_state,
-        payload=entry.payload,
-        correlation_id=entry.correlation_id,
-        error_code=entry.error_code,
-        created_at=datetime.now(UTC),
-        idempotency_key=entry.idempotency_key,
+    head = await _lock_head(session)
+    if once and entry.idempotency_key is not None:
+        exists = await session.execute(
+            select(AuditRow.id).where(AuditRow.idempotency_key == entry.idempotency_key)
+        )
+        if exists.first() is not None:
+            return False
+    values: dict[str, Any] = {
+        "actor_id": entry.actor_id,
+        "action": entry.action,
+        "target_type": entry.target_type,
+        "target_id": str(entry.target_id),
+        "previous_state": entry.previous_state,
+        "new_state": entry.new_state,
+        # What the JSON column hands back (tuples become lists, keys strings): the MAC is
+        # computed over the payload as it will be read.
+        "payload": json.loads(json.dumps(entry.payload)),
+        "correlation_id": entry.correlation_id,
+        "error_code": entry.error_code,
+        "created_at": datetime.now(UTC),
+        "idempotency_key": entry.idempotency_key,
+        "record_mac": entry.record_mac,
+    }
+    link = next_link(record_keys(), head, audit_content(values))
+    await session.execute(
+        insert(AuditRow).values(
+            **values, seq=link.seq, mac_key_id=link.key_id, mac=link.mac, chain=link.chain
+        )
     )
-    if once:
-        statement = statement.on_conflict_do_nothing(index_elements=[AuditRow.idempotency_key])
-    result = await session.execute(statement)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    await session.execute(
+        update(AuditChainHeadRow)
+        .where(AuditChainHeadRow.id == 1)
+        .values(seq=link.seq, chain=link.chain)
+    )
+    return True
 
 
 async def record_audit(
@@ -86,3 +124,59 @@ async def audit_payload(
             )
         ).scalar_one_or_none()
     return payload
+
+
+# --- the continuous check's outcome (the worker writes it, /readyz reads it) ------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerificationStatus:
+    """The last continuous check: when, how far, and what it found (None: intact)."""
+
+    checked_at: datetime
+    seq: int
+    problem: str | None
+
+    @property
+    def intact(self) -> bool:
+        """Whether the last check found nothing."""
+        return self.problem is None
+
+
+async def record_verification(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    checked_at: datetime,
+    head: ChainHead,
+    problem: str | None,
+) -> bool:
+    """Store the outcome of a check; whether the problem differs from the previous outcome's
+    (a new break, or one repaired), which is when operators are alerted."""
+    async with sessions.begin() as session:
+        row = (
+            await session.execute(select(AuditVerificationRow).with_for_update())
+        ).scalar_one_or_none()
+        if row is None:
+            session.add(
+                AuditVerificationRow(
+                    id=1,
+                    checked_at=checked_at,
+                    seq=head.seq,
+                    chain=head.chain,
+                    intact=problem is None,
+                    problem=problem,
+                )
+            )
+            return problem is not None
+        changed = row.problem != problem
+        row.checked_at, row.seq, row.chain = checked_at, head.seq, head.chain
+        row.intact, row.problem = problem is None, problem
+        return changed
+
+
+async def verification_status(session: AsyncSession) -> VerificationStatus | None:
+    """The last continuous check's outcome, or None before the first."""
+    row = (await session.execute(select(AuditVerificationRow))).scalar_one_or_none()
+    if row is None:
+        return None
+    return VerificationStatus(checked_at=row.checked_at, seq=row.seq, problem=row.problem)

@@ -14,17 +14,16 @@ from sqlalchemy import select
 
 from hitl.decisions import guardian_rejection
 from hitl.errors import ErrorCode
-from hitl.hashing import RowHasher
 from hitl.messages import SYSTEM_ACTOR, GuardianCommand, GuardianLockResult, GuardianStatus
 from hitl.models import ApprovalRequest, DecisionReason, TradeStatus
 from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit
 from store.engine import AsyncSession, Sessions
 from store.events import add_event
+from store.integrity import approval_intact, seal_approval, seal_guardian
 from store.tables import (
     ApprovalRow,
     GuardianStateRow,
     approval_from_row,
-    approval_to_row_values,
     guardian_status_from_row,
     sealed,
 )
@@ -60,8 +59,7 @@ async def write_guardian_rejection(
             approval, at=at, locked_by=guardian.changed_by or SYSTEM_ACTOR, reason=guardian.reason
         )
     )
-    for name, value in approval_to_row_values(rejected).items():
-        setattr(row, name, value)
+    mac = seal_approval(row, rejected)
     await write_audit(
         session,
         AuditEntry(
@@ -74,6 +72,7 @@ async def write_guardian_rejection(
             payload={"approval": rejected.to_dict(), "guardian_version": guardian.version},
             error_code=ErrorCode.GUARDIAN_LOCKED.code,
             idempotency_key=f"{approval.trade_id}:decided",
+            record_mac=mac,
         ),
     )
     await add_event(
@@ -111,6 +110,20 @@ async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOut
         guardian.since = now
         guardian.changed_by = command.by
         guardian.version += 1
+        # The pending rows are locked before the audit chain's head (write_audit): a decision
+        # holds its approval's row and then takes the head, so the other order could deadlock.
+        pending = (
+            (
+                await session.execute(
+                    select(ApprovalRow)
+                    .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
+                    .order_by(ApprovalRow.id)
+                    .with_for_update()
+                )
+            )
+            .scalars()
+            .all()
+        )
         await write_audit(
             session,
             AuditEntry(
@@ -123,18 +136,13 @@ async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOut
                 new_state="LOCKED",
                 payload={"reason": command.reason, "version": guardian.version},
                 idempotency_key=f"guardian:{guardian.version}",
+                record_mac=seal_guardian(guardian),
             ),
         )
-        pending = await session.execute(
-            select(ApprovalRow)
-            .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
-            .order_by(ApprovalRow.id)
-            .with_for_update()
-        )
         rejected: list[UUID] = []
-        for row in pending.scalars():
+        for row in pending:
             approval = approval_from_row(row)
-            if not RowHasher.verify(approval):
+            if not await approval_intact(session, row, approval):
                 # Left to its workflow, which checks it against its own copy (SEC-080).
                 continue
             await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
@@ -177,6 +185,7 @@ async def unlock_guardian(sessions: Sessions, command: GuardianCommand) -> Guard
                     new_state="UNLOCKED",
                     payload={"reason": command.reason, "version": guardian.version},
                     idempotency_key=f"guardian:{guardian.version}",
+                    record_mac=seal_guardian(guardian),
                 ),
             )
         return guardian_status_from_row(guardian)

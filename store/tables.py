@@ -94,6 +94,10 @@ class ApprovalRow(Base):
     decision_reason: Mapped[str | None] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
     row_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))
+    """HMAC-SHA256 of the record under the RECORD key (``hitl.record_mac``); NULL only on rows
+    unchanged since before migration 0004."""
+    mac_key_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class PostTradeSnapshotRow(Base):
@@ -115,6 +119,8 @@ class PostTradeSnapshotRow(Base):
     price_deviation_pct: Mapped[Decimal] = mapped_column(Decimal8)
     correlation_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    mac: Mapped[str | None] = mapped_column(String(64))
+    mac_key_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditRow(Base):
@@ -125,6 +131,7 @@ class AuditRow(Base):
         Index("idx_audit_correlation", "correlation_id"),
         Index("idx_audit_target", "target_type", "target_id"),
         Index("idx_audit_action", "action"),
+        Index("idx_audit_seq", "seq", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -139,6 +146,14 @@ class AuditRow(Base):
     error_code: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    """The entry's place in the hash chain: 1, 2, 3, ... gapless; NULL on entries from before
+    the chain (covered by the genesis record of ``audit_chain_head``)."""
+    mac_key_id: Mapped[str | None] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))
+    chain: Mapped[str | None] = mapped_column(String(64))
+    record_mac: Mapped[str | None] = mapped_column(String(64))
+    """The MAC of the row this entry changed, as it left it (approvals, the Guardian)."""
 
 
 class DeepLinkTokenRow(Base):
@@ -208,6 +223,46 @@ class GuardianStateRow(Base):
     changed_by: Mapped[str | None] = mapped_column(String(128))
     version: Mapped[int] = mapped_column(Integer)
     """Counts every lock and unlock: the id of a lock's cascade."""
+    mac: Mapped[str | None] = mapped_column(String(64))
+    """NULL only in the row's first state (unlocked, version 0), before any lock."""
+    mac_key_id: Mapped[str | None] = mapped_column(String(64))
+
+
+GUARDIAN_MAC_FIELDS = ("locked", "reason", "since", "changed_by", "version")
+"""The Guardian row's columns its MAC covers."""
+
+
+class AuditChainHeadRow(Base):
+    """The audit chain's head: its last ``seq`` and chain value, moved by every append in the
+    append's transaction (its row lock serialises appends), and the genesis record of the
+    entries written before the chain (docs/audit.md)."""
+
+    __tablename__ = "audit_chain_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    chain: Mapped[str] = mapped_column(String(64))
+    genesis_count: Mapped[int] = mapped_column(BigInteger)
+    genesis_digest: Mapped[str] = mapped_column(String(64))
+    genesis_last_id: Mapped[int] = mapped_column(BigInteger)
+    """Entries with this id or lower and no ``seq`` are the genesis's."""
+    legacy_approval_last_id: Mapped[int] = mapped_column(BigInteger)
+    """Approvals with this id or lower may still lack a MAC (unchanged since the migration)."""
+
+
+class AuditVerificationRow(Base):
+    """The outcome of the worker's last check of the chain, which ``/readyz`` reports."""
+
+    __tablename__ = "audit_verification"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    chain: Mapped[str] = mapped_column(String(64))
+    intact: Mapped[bool] = mapped_column(Boolean)
+    problem: Mapped[str | None] = mapped_column(Text)
 
 
 def approval_from_row(row: ApprovalRow) -> ApprovalRequest:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hitl.keys import ensure_keyrings
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
 from store.engine import create_engine
@@ -28,6 +31,13 @@ POSTGRES_URL = os.environ.get(
 """The one variable naming the PostgreSQL server the tests use."""
 
 os.environ.setdefault("HITL_ALLOWED_OPERATORS", "alice,bob")
+
+if not os.environ.get("HITL_KEYS_DIR"):
+    # The tests, and every process they start, sign and verify with keyrings made for this run
+    # (the RECORD keyring keys the MAC of every stored row and audit entry).
+    _KEYS_DIR = Path(tempfile.mkdtemp(prefix="hitl-test-keys-")) / "keys"
+    ensure_keyrings(_KEYS_DIR, now=datetime.now(UTC))
+    os.environ["HITL_KEYS_DIR"] = str(_KEYS_DIR)
 
 pytest_plugins = ["tests.temporal_fixtures"]
 

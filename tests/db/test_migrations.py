@@ -30,6 +30,8 @@ PG_GUARDS = {
     "trg_audit_log_no_delete",
     "trg_audit_log_no_update",
     "trg_audit_log_no_truncate",
+    "trg_audit_chain_head_no_delete",
+    "trg_audit_chain_head_no_truncate",
     # Not a guard, but a trigger all the same: wakes event streams (migration 0002).
     "hitl_notify_event",
     "trg_hitl_events_notify",
@@ -38,10 +40,11 @@ SQLITE_GUARDS = {
     "trg_hitl_approvals_no_delete",
     "trg_audit_log_no_delete",
     "trg_audit_log_no_update",
+    "trg_audit_chain_head_no_delete",
 }
 
 T = TypeVar("T")
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["empty_postgres_url", "empty_sqlite_url"], ids=["postgresql", "sqlite"])

@@ -1,0 +1,465 @@
+"""Reading the tamper-evident record back: the whole check, the incremental check, the export.
+
+The writes (MACs, chain links, the head row) happen in :mod:`store.audit`; this module reads
+what they wrote, in one read transaction (a consistent snapshot on both engines), and hands it to
+the pure verifier of :mod:`hitl.audit_chain`. Entries stream through in ``seq`` order in batches,
+so memory stays flat whatever the size of the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from hitl.audit_chain import (
+    AUDIT_CONTENT_FIELDS,
+    EXPORT_FORMAT,
+    LEGACY_CONTENT_FIELDS,
+    ChainEntry,
+    ChainHead,
+    ChainVerifier,
+    Checkpoint,
+    Finding,
+    LegacyDigest,
+    ProblemKind,
+    check_approval,
+    genesis_chain,
+)
+from hitl.hashing import RowHasher
+from hitl.models import ApprovalRequest
+from hitl.record_mac import MacCheck, RecordKeys, RecordKind, RecordSigner, canonical_content
+from store.audit import APPROVAL_TARGET, GUARDIAN_TARGET
+from store.tables import (
+    GUARDIAN_MAC_FIELDS,
+    ApprovalRow,
+    AuditChainHeadRow,
+    AuditRow,
+    GuardianStateRow,
+    PostTradeSnapshotRow,
+)
+
+BATCH = 5000
+"""Entries fetched per round trip while streaming."""
+APPROVAL_BATCH = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_ENTRY_COLUMNS = (
+    AuditRow.id,
+    AuditRow.seq,
+    AuditRow.mac_key_id,
+    AuditRow.mac,
+    AuditRow.chain,
+    *(getattr(AuditRow, name) for name in AUDIT_CONTENT_FIELDS),
+)
+_APPROVAL_FIELDS = tuple(name for name in ApprovalRequest.model_fields if name != "row_hash")
+
+
+@dataclass(kw_only=True)
+class RecordReport:
+    """What a check found and how much it covered."""
+
+    finding: Finding | None
+    head: ChainHead
+    """The last position verified (the start position if nothing new was verified)."""
+    entries: int = 0
+    approvals: int = 0
+    legacy_entries: int = 0
+    """Entries from before the chain, covered by the genesis digest."""
+    legacy_approvals: int = 0
+    """Approvals unchanged since before the chain: checked with the unkeyed row hash only."""
+    touched: set[str] = field(default_factory=set)
+
+    @property
+    def intact(self) -> bool:
+        """Whether nothing was found."""
+        return self.finding is None
+
+
+async def _begin_snapshot(connection: AsyncConnection) -> None:
+    # One consistent view of the whole record: appends that commit meanwhile are not half-seen.
+    if connection.dialect.name == "postgresql":
+        await connection.execution_options(isolation_level="REPEATABLE READ")
+
+
+async def read_head(connection: AsyncConnection) -> AuditChainHeadRow | None:
+    """The chain head row (None before migration 0004)."""
+    row = (await connection.execute(select(AuditChainHeadRow))).first()
+    return None if row is None else AuditChainHeadRow(**row._mapping)
+
+
+async def _genesis(
+    connection: AsyncConnection, head: AuditChainHeadRow
+) -> tuple[LegacyDigest, Finding | None]:
+    legacy = LegacyDigest()
+    query = (
+        select(*(getattr(AuditRow, name) for name in LEGACY_CONTENT_FIELDS))
+        .where(AuditRow.seq.is_(None), AuditRow.id <= head.genesis_last_id)
+        .order_by(AuditRow.id)
+        .execution_options(yield_per=BATCH)
+    )
+    result = await connection.stream(query)
+    async for rows in result.partitions():
+        for row in rows:
+            legacy.update(dict(zip(LEGACY_CONTENT_FIELDS, row, strict=True)))
+    if legacy.count != head.genesis_count or legacy.hexdigest() != head.genesis_digest:
+        return legacy, Finding(
+            kind=ProblemKind.GENESIS_MISMATCH,
+            detail=(
+                f"the {legacy.count} entries from before the chain are not the "
+                f"{head.genesis_count} the genesis record counted and digested"
+            ),
+        )
+    stray = (
+        await connection.execute(
+            select(AuditRow.id)
+            .where(AuditRow.seq.is_(None), AuditRow.id > head.genesis_last_id)
+            .order_by(AuditRow.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if stray is not None:
+        return legacy, Finding(
+            kind=ProblemKind.INSERTED,
+            detail="an entry without a place in the chain (no seq) written after the genesis",
+            entry_id=stray,
+        )
+    return legacy, None
+
+
+async def _stream_chain(
+    connection: AsyncConnection, verifier: ChainVerifier, *, after: int, upto: int | None
+) -> set[str]:
+    """Feed the entries after ``after`` to ``verifier``; the approvals they changed."""
+    query: Select[Any] = select(*_ENTRY_COLUMNS).where(AuditRow.seq > after)
+    if upto is not None:
+        query = query.where(AuditRow.seq <= upto)
+    query = query.order_by(AuditRow.seq).execution_options(yield_per=BATCH)
+    touched: set[str] = set()
+    collect = upto is not None
+    names = AUDIT_CONTENT_FIELDS
+    result = await connection.stream(query)
+    async for rows in result.partitions():
+        for row in rows:
+            content = dict(zip(names, row[5:], strict=True))
+            entry = ChainEntry(row[0], row[1], row[2], row[3], row[4], content)
+            if verifier.feed(entry) is not None:
+                await result.close()
+                return touched
+            if collect and content["record_mac"] is not None:
+                touched.add(content["target_id"])
+    return touched
+
+
+def approval_values(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The MAC'd content of an approval row (its record fields, as stored)."""
+    return {name: row[name] for name in _APPROVAL_FIELDS}
+
+
+async def _check_approvals(
+    connection: AsyncConnection,
+    keys: RecordKeys,
+    head: AuditChainHeadRow,
+    report: RecordReport,
+    *,
+    only: Iterable[str] | None,
+) -> Finding | None:
+    signer = RecordSigner(keys)
+    wanted = None if only is None else sorted(only)
+    last_id = 0
+    position = 0
+    while True:
+        query = select(ApprovalRow).order_by(ApprovalRow.id).limit(APPROVAL_BATCH)
+        if wanted is None:
+            query = query.where(ApprovalRow.id > last_id)
+        else:
+            chunk = wanted[position : position + APPROVAL_BATCH]
+            position += APPROVAL_BATCH
+            if not chunk:
+                return None
+            query = query.where(ApprovalRow.trade_id.in_([UUID(t) for t in chunk]))
+        rows = [r._mapping for r in (await connection.execute(query)).all()]
+        if not rows:
+            if wanted is None:
+                return None
+            continue
+        last_id = rows[-1]["id"]
+        trades = [str(r["trade_id"]) for r in rows]
+        trail = await _last_record_macs(connection, APPROVAL_TARGET, trades)
+        for row in rows:
+            values = approval_values(row)
+            trade = str(row["trade_id"])
+            if row["mac"] is None and row["id"] <= head.legacy_approval_last_id:
+                # Unchanged since before the chain: only the seed's unkeyed row hash covers it.
+                report.legacy_approvals += 1
+                if not RowHasher.verify(values, row["row_hash"]):
+                    return Finding(
+                        kind=ProblemKind.APPROVAL_DIFFERS,
+                        detail="a legacy approval row (from before the chain) fails its row hash",
+                        target_id=trade,
+                    )
+                continue
+            finding = check_approval(
+                signer,
+                values,
+                mac=row["mac"],
+                key_id=row["mac_key_id"],
+                trail_mac=trail.get(trade),
+            )
+            if finding is not None:
+                return finding
+            report.approvals += 1
+
+
+async def _last_record_macs(
+    connection: AsyncConnection, target_type: str, targets: Sequence[str]
+) -> dict[str, str]:
+    """For each target: the ``record_mac`` of its last entry that carries one."""
+    rows = await connection.execute(
+        select(AuditRow.target_id, AuditRow.seq, AuditRow.record_mac).where(
+            AuditRow.target_type == target_type,
+            AuditRow.target_id.in_(targets),
+            AuditRow.record_mac.is_not(None),
+            AuditRow.seq.is_not(None),
+        )
+    )
+    last: dict[str, tuple[int, str]] = {}
+    for target, seq, record_mac in rows:
+        if target not in last or seq > last[target][0]:
+            last[target] = (seq, record_mac)
+    return {target: mac for target, (_seq, mac) in last.items()}
+
+
+async def _check_others(connection: AsyncConnection, keys: RecordKeys) -> Finding | None:
+    """The Guardian row against its MAC and its trail; each snapshot against its MAC."""
+    signer = RecordSigner(keys)
+    guardian = (await connection.execute(select(GuardianStateRow))).first()
+    if guardian is not None and guardian.mac is not None:
+        values = {name: getattr(guardian, name) for name in GUARDIAN_MAC_FIELDS}
+        check = signer.check(
+            RecordKind.GUARDIAN,
+            values,
+            mac=guardian.mac,
+            key_id=guardian.mac_key_id,
+            at=guardian.since or _EPOCH,
+        )
+        trail = await _last_record_macs(connection, GUARDIAN_TARGET, [GUARDIAN_TARGET])
+        if check is not MacCheck.VALID or trail.get(GUARDIAN_TARGET) != guardian.mac:
+            return Finding(
+                kind=ProblemKind.UNKNOWN_KEY
+                if check is MacCheck.UNKNOWN_KEY
+                else ProblemKind.EDITED,
+                detail="the Guardian row is not the state its last audit entry recorded",
+                target_id=GUARDIAN_TARGET,
+            )
+    result = await connection.stream(
+        select(PostTradeSnapshotRow)
+        .where(PostTradeSnapshotRow.mac.is_not(None))
+        .execution_options(yield_per=BATCH)
+    )
+    async for rows in result.partitions():
+        for row in rows:
+            values = dict(row._mapping)
+            check = signer.check(
+                RecordKind.SNAPSHOT,
+                values,
+                mac=values["mac"],
+                key_id=values["mac_key_id"],
+                at=values["created_at"],
+            )
+            if check is not MacCheck.VALID:
+                await result.close()
+                return Finding(
+                    kind=ProblemKind.UNKNOWN_KEY
+                    if check is MacCheck.UNKNOWN_KEY
+                    else ProblemKind.EDITED,
+                    detail=f"post-trade snapshot {values['id']} does not match its MAC",
+                    entry_id=values["id"],
+                )
+    return None
+
+
+async def verify_record(
+    engine: AsyncEngine,
+    keys: RecordKeys,
+    *,
+    checkpoints: Sequence[Checkpoint] = (),
+    start: ChainHead | None = None,
+) -> RecordReport:
+    """Check the record: everything (``start`` None), or what was appended after ``start``.
+
+    A full check recomputes the genesis, streams every chained entry, compares the head row and
+    ``checkpoints``, then every approval against its MAC and last entry, the Guardian row and
+    the snapshots. An incremental check starts at ``start`` (a head verified before, kept
+    outside the database): that position must still hold the same chain value, and only the
+    approvals the new entries changed are checked.
+    """
+    async with engine.connect() as connection:
+        await _begin_snapshot(connection)
+        async with connection.begin():
+            head = await read_head(connection)
+            if head is None:
+                raise LookupError("the database has no audit chain head: run the migrations")
+            recorded = ChainHead(head.seq, head.chain)
+            if start is None or start.seq == 0:
+                legacy, finding = await _genesis(connection, head)
+                genesis = ChainHead(0, genesis_chain(legacy.count, legacy.hexdigest()))
+                report = RecordReport(finding=finding, head=genesis, legacy_entries=legacy.count)
+                if finding is not None:
+                    return report
+                begin = genesis
+            else:
+                report = RecordReport(finding=None, head=start)
+                finding = await _position_holds(connection, start, recorded)
+                if finding is not None:
+                    report.finding = finding
+                    return report
+                begin = start
+            verifier = ChainVerifier(keys, start=begin, checkpoints=checkpoints)
+            touched = await _stream_chain(
+                connection, verifier, after=begin.seq, upto=None if start is None else head.seq
+            )
+            report.finding = verifier.finish(recorded)
+            report.head = verifier.head
+            report.entries = verifier.checked
+            if report.finding is not None:
+                return report
+            report.finding = await _check_approvals(
+                connection, keys, head, report, only=None if start is None else touched
+            )
+            if report.finding is None and start is None:
+                report.finding = await _check_others(connection, keys)
+            return report
+
+
+async def _position_holds(
+    connection: AsyncConnection, start: ChainHead, recorded: ChainHead
+) -> Finding | None:
+    """Whether the entry at ``start.seq`` still exists with the chain value seen before."""
+    chain = (
+        await connection.execute(select(AuditRow.chain).where(AuditRow.seq == start.seq))
+    ).scalar_one_or_none()
+    if chain is None:
+        last = (await connection.execute(select(func.max(AuditRow.seq)))).scalar_one_or_none()
+        return Finding(
+            kind=ProblemKind.MISSING_TAIL,
+            detail=(
+                f"entries after seq {last or 0} are missing: the last verified checkpoint "
+                f"recorded the chain at seq {start.seq} (head row: seq {recorded.seq})"
+            ),
+            seq=(last or 0) + 1,
+        )
+    if chain != start.chain:
+        return Finding(
+            kind=ProblemKind.CHECKPOINT_MISMATCH,
+            detail=f"the chain at seq {start.seq} differs from the last verified checkpoint",
+            seq=start.seq,
+        )
+    return None
+
+
+def _json_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values as their canonical JSON renders them (what a MAC covers), JSON-safe."""
+    rendered: dict[str, Any] = json.loads(canonical_content(values))
+    return rendered
+
+
+async def export_trail(
+    engine: AsyncEngine, trade_id: UUID, *, checkpoints: Sequence[Checkpoint] = ()
+) -> dict[str, Any] | None:
+    """One approval's trail as ``hitl audit export`` writes it (None: no entry about it).
+
+    Holds the approval row with its MAC, every chained audit entry about the trade, the chain
+    links (seq, key id, MAC, chain value) from its first entry to the first checkpoint at or past
+    its last one, and that checkpoint (or the head row when no checkpoint covers it yet), so
+    :func:`hitl.audit_chain.verify_export` can check it with the RECORD keyring alone.
+    """
+    async with engine.connect() as connection:
+        await _begin_snapshot(connection)
+        async with connection.begin():
+            head = await read_head(connection)
+            if head is None:
+                raise LookupError("the database has no audit chain head: run the migrations")
+            rows = (
+                await connection.execute(
+                    select(*_ENTRY_COLUMNS)
+                    .where(
+                        AuditRow.target_type == APPROVAL_TARGET,
+                        AuditRow.target_id == str(trade_id),
+                        AuditRow.seq.is_not(None),
+                    )
+                    .order_by(AuditRow.seq)
+                )
+            ).all()
+            if not rows:
+                return None
+            entries = [
+                {
+                    "seq": row[1],
+                    "id": row[0],
+                    "key_id": row[2],
+                    "mac": row[3],
+                    "chain": row[4],
+                    "content": _json_values(dict(zip(AUDIT_CONTENT_FIELDS, row[5:], strict=True))),
+                }
+                for row in rows
+            ]
+            first, last = entries[0]["seq"], entries[-1]["seq"]
+            covering = next(
+                (c for c in sorted(checkpoints, key=lambda c: c.seq) if c.seq >= last), None
+            )
+            end = covering.seq if covering is not None else head.seq
+            previous: str | None
+            if first == 1:
+                legacy, _finding = await _genesis(connection, head)
+                previous = genesis_chain(legacy.count, legacy.hexdigest())
+            else:
+                previous = (
+                    await connection.execute(
+                        select(AuditRow.chain).where(AuditRow.seq == first - 1)
+                    )
+                ).scalar_one()
+            links = [
+                {"seq": seq, "key_id": key_id, "mac": mac, "chain": chain}
+                for seq, key_id, mac, chain in await connection.execute(
+                    select(AuditRow.seq, AuditRow.mac_key_id, AuditRow.mac, AuditRow.chain)
+                    .where(AuditRow.seq >= first, AuditRow.seq <= end)
+                    .order_by(AuditRow.seq)
+                )
+            ]
+            approval = (
+                await connection.execute(
+                    select(ApprovalRow).where(ApprovalRow.trade_id == trade_id)
+                )
+            ).first()
+    return {
+        "format": EXPORT_FORMAT,
+        "trade_id": str(trade_id),
+        "approval": None
+        if approval is None
+        else {
+            "fields": _json_values(approval_values(approval._mapping)),
+            "mac": approval.mac,
+            "key_id": approval.mac_key_id,
+        },
+        "entries": entries,
+        "start": {"seq": first - 1, "chain": previous},
+        "links": links,
+        "checkpoint": None
+        if covering is None
+        else {
+            "seq": covering.seq,
+            "chain": covering.chain,
+            "at": covering.at.isoformat(timespec="microseconds") if covering.at else None,
+            "key_id": covering.key_id,
+            "mac": covering.mac,
+            "source": covering.source,
+        },
+        "head": {"seq": head.seq, "chain": head.chain},
+    }

@@ -1,0 +1,450 @@
+"""The tamper-evident record end to end (issue 15), on PostgreSQL and SQLite.
+
+The gateway's own writes build a record; an attacker then changes the database directly (raw
+SQL, with the SEC-080 triggers dropped or disabled, as a superuser could), and ``hitl audit
+verify`` — the auditor's command — must exit 1 naming the first broken entry. An untouched record
+exits 0; a missing keyring exits 2 and never claims "intact".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hitl.audit_chain import ChainHead
+from hitl.hashing import RowHasher
+from hitl.keys import KeyPurpose, ensure_keyrings, keys_dir_from_environment, load_keyring
+from hitl.messages import GuardianCommand, RecordDecisionInput, RecordTransitionInput
+from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from launcher.cli import main as hitl
+from migrations.runner import MIGRATIONS_DIR, upgrade_to_head
+from store import approvals, guardian
+from store.audit import AuditEntry, record_audit
+from store.checkpoints import append_checkpoint, checkpoint_path
+from store.engine import Sessions, create_engine, session_factory
+from store.tables import ApprovalRow, AuditChainHeadRow, AuditRow
+from tests.conftest import create_postgres_database, drop_postgres_database
+from tests.store.helpers import NOW, new_approval, stored_approval
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Path:
+    """The environment ``make run`` gives the command: the data folder and the database."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("HITL_DATA_DIR", str(folder))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return folder
+
+
+async def run_hitl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``hitl ARGS`` in this process (its own event loop, in a thread); exit code and output."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(hitl, list(args))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _decided(approval: ApprovalRequest, *, accept: bool, by: str = "alice") -> ApprovalRequest:
+    return approval.model_copy(
+        update={
+            "status": TradeStatus.ACCEPTED if accept else TradeStatus.REJECTED,
+            "decided_at": NOW + timedelta(seconds=5),
+            "decided_by": by,
+            "decision_channel": DecisionChannel.API,
+            "decision_reason": (
+                DecisionReason.OPERATOR_APPROVED if accept else DecisionReason.OPERATOR_REJECTED
+            ),
+        }
+    )
+
+
+async def build_record(sessions: Sessions) -> list[ApprovalRequest]:
+    """What a working day writes: requests, decisions, a fill, a refusal, a Guardian lock."""
+    first = await stored_approval(sessions)
+    second = await stored_approval(sessions)
+    third = await stored_approval(sessions)
+    accepted = await approvals.record_decision(
+        sessions,
+        RecordDecisionInput(
+            expected=first, decided=_decided(first, accept=True), event_type="hitl.decided"
+        ),
+    )
+    filled = await approvals.record_transition(
+        sessions,
+        RecordTransitionInput(
+            expected=accepted.value.approval,
+            target=TradeStatus.FILLED,
+            actor="bot-1",
+            correlation_id="corr-fill",
+        ),
+    )
+    await approvals.record_decision(
+        sessions,
+        RecordDecisionInput(
+            expected=second, decided=_decided(second, accept=False), event_type="hitl.decided"
+        ),
+    )
+    await record_audit(
+        sessions,
+        AuditEntry(
+            actor_id="mallory",
+            action="approval.refused",
+            target_id=third.trade_id,
+            correlation_id="corr-refused",
+            error_code="SEC-020",
+            payload={"reason": "not an operator"},
+        ),
+    )
+    # The lock rejects the third, still pending; the unlock is one more state change.
+    await guardian.lock_guardian(
+        sessions, GuardianCommand(reason="drill", by="admin", correlation_id="corr-lock")
+    )
+    await guardian.unlock_guardian(
+        sessions, GuardianCommand(reason="", by="admin", correlation_id="corr-unlock")
+    )
+    return [filled.value, second, third]
+
+
+async def attack(engine: AsyncEngine, *statements: str, **params: object) -> None:
+    """Run raw SQL as the database's superuser would, with the SEC-080 triggers out of the way."""
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            for table in ("audit_log", "hitl_approvals", "audit_chain_head"):
+                await connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        else:
+            for name in ("trg_audit_log_no_update", "trg_audit_log_no_delete"):
+                await connection.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+        for statement in statements:
+            await connection.execute(text(statement), params)
+
+
+async def test_an_untouched_record_verifies_and_exports(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sessions = session_factory(engine, writer=True)
+    filled, _second, _third = await build_record(sessions)
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 0, out
+    assert out.startswith("intact: 10 chained audit entries up to seq 10, 3 approvals")
+
+    export = tmp_path / "trail.json"
+    code, out = await run_hitl(capsys, "audit", "export", str(filled.trade_id), "-o", str(export))
+    assert code == 0, out
+    trail = json.loads(export.read_text())
+    assert [e["content"]["action"] for e in trail["entries"]] == [
+        "approval.requested",
+        "approval.decided",
+        "trade.transitioned",
+    ]
+    assert trail["approval"]["fields"]["status"] == "FILLED"
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 0, out
+    assert "covered by the head row" in out
+
+    # A checkpoint written since covers it; an edited export is refused.
+    async with sessions() as session:
+        head = (await session.execute(select(AuditChainHeadRow))).scalar_one()
+    keys = load_keyring(keys_dir_from_environment(), KeyPurpose.RECORD)
+    append_checkpoint(
+        checkpoint_path(data_dir), keys, ChainHead(head.seq, head.chain), at=datetime.now(UTC)
+    )
+    code, out = await run_hitl(capsys, "audit", "export", str(filled.trade_id), "-o", str(export))
+    assert code == 0, out
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 0, out
+    assert "audit-checkpoints.jsonl line 1" in out
+    trail = json.loads(export.read_text())
+    trail["entries"][1]["content"]["actor_id"] = "mallory"
+    export.write_text(json.dumps(trail))
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 1
+    assert out.startswith("BROKEN: edited at seq")
+
+
+def _trade(trade_id: uuid.UUID, dialect: str) -> str:
+    # How the Uuid column stores it: native on PostgreSQL, 32 hex digits on SQLite.
+    return str(trade_id) if dialect == "postgresql" else trade_id.hex
+
+
+Tamper = Callable[[AsyncEngine, list[ApprovalRequest]], Awaitable[str]]
+
+
+async def _edit_entry(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(engine, "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 5")
+    return "BROKEN: edited at seq 5"
+
+
+async def _delete_middle(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(engine, "DELETE FROM audit_log WHERE seq = 7")
+    return "BROKEN: missing at seq 7"
+
+
+async def _delete_first(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(engine, "DELETE FROM audit_log WHERE seq = 1")
+    return "BROKEN: missing at seq 1"
+
+
+async def _delete_last(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(engine, "DELETE FROM audit_log WHERE seq = 10")
+    return "BROKEN: missing tail at seq 10: entries after seq 9 are missing"
+
+
+async def _swap(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(
+        engine,
+        "UPDATE audit_log SET seq = -1 WHERE seq = 3",
+        "UPDATE audit_log SET seq = 3 WHERE seq = 8",
+        "UPDATE audit_log SET seq = 8 WHERE seq = -1",
+    )
+    return "BROKEN: reordered at seq 3"
+
+
+async def _insert(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    await attack(
+        engine,
+        "INSERT INTO audit_log (actor_id, action, target_type, target_id, payload,"
+        " correlation_id, created_at, seq, mac_key_id, mac, chain)"
+        " SELECT 'mallory', 'approval.decided', target_type, target_id, payload, correlation_id,"
+        " created_at, 11, mac_key_id, mac, chain FROM audit_log WHERE seq = 10",
+        "UPDATE audit_chain_head SET seq = 11",
+    )
+    return "BROKEN: inserted at seq 11"
+
+
+async def _edit_approval(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(ApprovalRow)
+            .where(ApprovalRow.trade_id == trades[1].trade_id)
+            .values(decided_by="mallory")
+        )
+    return f"BROKEN: approval differs from its trail at trade {trades[1].trade_id}"
+
+
+async def _old_state_back(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    # The FILLED trade put back to ACCEPTED, with the genuine MAC it had in that state.
+    async with engine.begin() as connection:
+        entry = (
+            await connection.execute(
+                select(AuditRow.payload, AuditRow.record_mac).where(
+                    AuditRow.target_id == str(trades[0].trade_id),
+                    AuditRow.action == "approval.decided",
+                )
+            )
+        ).one()
+        state = ApprovalRequest.from_dict(entry.payload["approval"])
+        await connection.execute(
+            update(ApprovalRow)
+            .where(ApprovalRow.trade_id == trades[0].trade_id)
+            .values(status=state.status.value, row_hash=state.row_hash, mac=entry.record_mac)
+        )
+    return f"BROKEN: approval differs from its trail at trade {trades[0].trade_id}"
+
+
+async def _rewound_tail(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    # Without a checkpoint this would pass: the head row is rewound with the entries.
+    await attack(
+        engine,
+        "DELETE FROM audit_log WHERE seq > 8",
+        "UPDATE audit_chain_head SET seq = 8, chain = (SELECT chain FROM audit_log WHERE seq = 8)",
+    )
+    return "BROKEN: missing tail at seq 9: entries after seq 8 are missing: audit-checkpoints"
+
+
+TAMPERING: dict[str, Tamper] = {
+    "edit": _edit_entry,
+    "delete first": _delete_first,
+    "delete middle": _delete_middle,
+    "delete last": _delete_last,
+    "swap": _swap,
+    "insert a copy": _insert,
+    "edit an approval": _edit_approval,
+    "put an old approval back": _old_state_back,
+    "delete the tail and rewind the head": _rewound_tail,
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERING))
+async def test_hitl_audit_verify_names_the_first_broken_entry(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str], tamper: str
+) -> None:
+    sessions = session_factory(engine, writer=True)
+    trades = await build_record(sessions)
+    async with sessions() as session:
+        head = (await session.execute(select(AuditChainHeadRow))).scalar_one()
+    keys = load_keyring(keys_dir_from_environment(), KeyPurpose.RECORD)
+    append_checkpoint(
+        checkpoint_path(data_dir), keys, ChainHead(head.seq, head.chain), at=datetime.now(UTC)
+    )
+    assert (await run_hitl(capsys, "audit", "verify"))[0] == 0
+    expected = await TAMPERING[tamper](engine, trades)
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 1, out
+    assert out.startswith(expected), out
+
+
+async def test_a_missing_or_foreign_keyring_never_says_intact(
+    engine: AsyncEngine, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await build_record(session_factory(engine, writer=True))
+    environment = {**os.environ, "HITL_KEYS_DIR": str(tmp_path / "no-keys")}
+    # The installed console script, as an auditor runs it.
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("hitl")),
+        "audit",
+        "verify",
+        env=environment,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2, stderr
+    assert "hitl keys init" in stderr.decode()
+    assert stdout == b""
+
+    foreign = tmp_path / "foreign-keys"
+    ensure_keyrings(foreign, (KeyPurpose.RECORD,), now=datetime.now(UTC))
+    os.environ["HITL_KEYS_DIR"], kept = str(foreign), os.environ["HITL_KEYS_DIR"]
+    try:
+        code, out = await run_hitl(capsys, "audit", "verify")
+    finally:
+        os.environ["HITL_KEYS_DIR"] = kept
+    assert code == 1
+    assert out.startswith("BROKEN: unknown key id at seq 1")
+
+
+@pytest.mark.postgres
+async def test_concurrent_appends_on_postgresql_stay_one_gapless_chain(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 appends from 50 concurrent sessions (and, among them, racing writers of the same
+    idempotency keys), then the auditor's check."""
+    url = await create_postgres_database()
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        engine = create_engine(url, pool_size=25, max_overflow=25)
+        sessions = session_factory(engine, writer=True)
+
+        async def writer(number: int) -> None:
+            for step in range(20):
+                await record_audit(
+                    sessions,
+                    AuditEntry(
+                        actor_id=f"bot-{number}",
+                        action="approval.refused",
+                        target_id=str(uuid.uuid4()),
+                        correlation_id=f"corr-{number}-{step}",
+                        idempotency_key=f"race-{step}-{number % 25}",
+                    ),
+                    once=True,
+                )
+
+        await asyncio.gather(*(writer(n) for n in range(50)))
+        async with engine.connect() as connection:
+            seqs = (await connection.execute(select(AuditRow.seq).order_by(AuditRow.seq))).all()
+        await engine.dispose()
+        # Two writers per key: each key written once, in one gapless chain.
+        assert [s for (s,) in seqs] == list(range(1, 501))
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("HITL_DATA_DIR", str(tmp_path))
+        code, out = await run_hitl(capsys, "audit", "verify")
+        assert code == 0, out
+        assert out.startswith("intact: 500 chained audit entries")
+    finally:
+        await drop_postgres_database(url)
+
+
+def _config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.attributes["url"] = url
+    return config
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database at revision 0003, before the chain."""
+    if request.param == "postgresql":
+        url = await create_postgres_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(command.upgrade, _config(url), "0003")
+    yield url
+    if request.param == "postgresql":
+        await drop_postgres_database(url)
+
+
+async def test_a_database_from_before_the_chain_gets_a_genesis(
+    old_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Entries and approvals written before migration 0004 are covered by its genesis record;
+    the chain continues from it; changing a legacy entry afterwards is detected."""
+    engine = create_engine(old_database)
+    legacy = new_approval()
+    legacy = legacy.model_copy(update={"row_hash": RowHasher.compute(legacy)})
+    values = {k: (v.value if hasattr(v, "value") else v) for k, v in legacy.model_dump().items()}
+    async with engine.begin() as connection:
+        # The 0003 schema, written as the gateway of that day wrote it.
+        await connection.execute(insert(ApprovalRow).values(**values))
+        for number, action in enumerate(("approval.requested", "approval.refused")):
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_log (actor_id, action, target_type, target_id, payload,"
+                    " correlation_id, created_at, idempotency_key) VALUES ('bot-1', :action,"
+                    " 'approval', :target, :payload, 'corr-old', :at, :key)"
+                ),
+                {
+                    "action": action,
+                    "target": str(legacy.trade_id),
+                    "payload": json.dumps({"approval": legacy.to_dict(), "n": number}),
+                    "at": NOW.replace(tzinfo=None) if "sqlite" in old_database else NOW,
+                    "key": f"old-{number}",
+                },
+            )
+    await engine.dispose()
+    await asyncio.to_thread(upgrade_to_head, old_database)
+    monkeypatch.setenv("DATABASE_URL", old_database)
+    monkeypatch.setenv("HITL_DATA_DIR", str(tmp_path))
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 0, out
+    assert "before the chain: 2 entries (genesis digest), 1 approvals" in out
+
+    engine = create_engine(old_database)
+    try:
+        sessions = session_factory(engine, writer=True)
+        decided = await approvals.record_decision(
+            sessions,
+            RecordDecisionInput(
+                expected=legacy, decided=_decided(legacy, accept=True), event_type="hitl.decided"
+            ),
+        )
+        assert decided.value.approval.status is TradeStatus.ACCEPTED
+        code, out = await run_hitl(capsys, "audit", "verify")
+        assert code == 0, out
+        assert out.startswith("intact: 1 chained audit entries up to seq 1, 1 approvals")
+        await attack(engine, "UPDATE audit_log SET actor_id = 'mallory' WHERE seq IS NULL")
+    finally:
+        await engine.dispose()
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 1
+    assert out.startswith("BROKEN: genesis mismatch")
