@@ -1,8 +1,10 @@
 """Market-data providers: where the gateway's current prices come from (I/O).
 
-The Temporal activities call ``quote()`` on one provider built by ``provider_from_settings``: the
-embedded ``SimulatedMarketData`` by default, or ``HttpMarketData`` when ``MARKET_DATA_URL`` is set.
-Every failure is a ``MarketDataError`` (SEC-060); retrying is Temporal's job, never the provider's.
+The Temporal activities call ``quote()`` on one provider built by ``market_from_settings``: the
+``PaperMarket`` on the embedded default (or with ``HITL_MARKET=simulated``), ``HttpMarketData``
+when ``MARKET_DATA_URL`` is set. ``SimulatedMarketData`` is a fixed-price market that tests and
+benchmarks move by hand. Every failure is a ``MarketDataError`` (SEC-060); retrying is
+Temporal's job, never the provider's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -27,7 +29,10 @@ from hitl.decimals import PLACES, QUANTUM, quantize8
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.market import MarketQuote
 from hitl.models import Price
-from hitl.settings import MarketDataSettings
+from hitl.paper_market import MarketKind, PriceAnchor, market_kind, walk_factor
+from hitl.settings import MarketDataSettings, Settings
+from store.engine import Sessions
+from store.market import first_proposal
 
 _PRICE = TypeAdapter(Price)
 
@@ -39,6 +44,8 @@ _BASE_PRICE_STEPS = int((_MAX_BASE_PRICE - _MIN_BASE_PRICE).scaleb(PLACES))
 _JITTER_STEPS = 1_000_000
 _MAX_JITTER_PERCENT = Decimal(1)
 _MAX_SPREAD_BPS = Decimal(1000)
+# The largest NUMERIC(18,8) value: no quote may exceed it.
+_MAX_PRICE = Decimal("9999999999.99999999")
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
@@ -86,7 +93,10 @@ def _elapsed_ms(started_ns: int) -> Decimal:
 
 
 class SimulatedMarketData:
-    """The embedded market: a stable price per instrument, a fixed spread and a tiny jitter.
+    """A market moved by hand: a stable price per instrument, a fixed spread and a tiny jitter.
+
+    Tests and benchmarks use it to put the price where they need it (``set_price``); the
+    embedded default quotes the ``PaperMarket``.
 
     A bot quoting ``mid_price()`` sees the gateway's execution price within half the spread plus
     the jitter (0.02 % by default), far inside the default 0.5 % slippage limit.
@@ -177,6 +187,118 @@ class SimulatedMarketData:
     @property
     def _half_spread_fraction(self) -> Decimal:
         return self.spread_bps / 20_000
+
+
+AnchorLookup = Callable[[str], Awaitable[PriceAnchor | None]]
+"""Finds an instrument's first proposal (``store.market.first_proposal`` bound to sessions)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PaperMarket:
+    """The embedded default's market: each instrument starts where bots first priced it.
+
+    An instrument's walk starts at its first proposal (``first_proposal``, read from the
+    database, so every worker and every restart finds the same one) at that proposal's price,
+    or at the configured price in ``prices``; from there the mid follows the seeded random walk
+    of :func:`hitl.paper_market.walk_factor`, a function of the seconds since the anchor. A
+    proposal priced at the current market passes the slippage check; one left waiting long
+    enough can exceed it.
+
+    Args:
+        first_proposal: Finds an instrument's first proposal, or None before there is one.
+        prices: Configured starting prices (``HITL_MARKET_PRICES``), which win over proposals.
+        volatility: Relative standard deviation of the mid over one second (0 to 0.01).
+        seed: The random path's seed; workers sharing it quote alike.
+        spread_bps: Distance from bid to ask in basis points of the mid (0 to 1000); the book
+            is always at least one quantum wide on each side.
+        clock: Where "now" comes from (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        first_proposal: AnchorLookup,
+        prices: Mapping[str, Decimal] | None = None,
+        volatility: Decimal = Decimal("0.0001"),
+        seed: int = 0,
+        spread_bps: Decimal = Decimal(2),
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if not Decimal(0) <= spread_bps <= _MAX_SPREAD_BPS:
+            raise ValueError(f"spread_bps must be between 0 and {_MAX_SPREAD_BPS}")
+        if not Decimal(0) <= volatility <= Decimal("0.01"):
+            raise ValueError("volatility must be between 0 and 0.01")
+        self._first_proposal = first_proposal
+        self._prices = {
+            instrument: _PRICE.validate_python(p) for instrument, p in (prices or {}).items()
+        }
+        self.volatility = volatility
+        self.seed = seed
+        self._half_spread = spread_bps / 20_000
+        self._clock = clock
+        # Found anchors never change (the first proposal stays first): one read per instrument.
+        self._anchors: dict[str, PriceAnchor] = {}
+
+    async def anchor(self, instrument: str) -> PriceAnchor | None:
+        """Where ``instrument``'s walk starts; None when only a configured price is known (the
+        walk starts at the first proposal), raises ``MarketDataError`` when nothing is."""
+        cached = self._anchors.get(instrument)
+        if cached is not None:
+            return cached
+        try:
+            found = await self._first_proposal(instrument)
+        except Exception as exc:  # the database's failures are as many as its drivers'
+            raise MarketDataError(
+                instrument,
+                MarketDataFailure.UNREACHABLE,
+                f"the paper market could not read its anchor ({type(exc).__name__}: {exc})",
+            ) from exc
+        configured = self._prices.get(instrument)
+        if found is None:
+            if configured is None:
+                raise MarketDataError(
+                    instrument,
+                    MarketDataFailure.UNKNOWN_INSTRUMENT,
+                    "no price yet: the paper market starts at an instrument's first proposal"
+                    " (or at its HITL_MARKET_PRICES entry)",
+                )
+            return None
+        anchor = found if configured is None else PriceAnchor(price=configured, at=found.at)
+        self._anchors[instrument] = anchor
+        return anchor
+
+    def mid_at(self, instrument: str, anchor: PriceAnchor, at: datetime) -> Decimal:
+        """The mid of ``instrument`` at ``at``, on the walk that starts at ``anchor``."""
+        # Whole seconds: the walk moves once a second, and a clock slightly behind the
+        # anchor's (another host's) reads as the anchor itself.
+        seconds = max(int((at - anchor.at).total_seconds()), 0)
+        factor = walk_factor(
+            seed=self.seed, instrument=instrument, volatility=self.volatility, seconds=seconds
+        )
+        highest = quantize8(_MAX_PRICE / (1 + 2 * self._half_spread))
+        return min(max(quantize8(anchor.price * factor), 2 * QUANTUM), highest)
+
+    async def quote(self, instrument: str) -> MarketQuote:
+        """The paper market's current quote of ``instrument``; raises ``MarketDataError``."""
+        started_ns = time.perf_counter_ns()
+        anchor = await self.anchor(instrument)
+        now = self._clock()
+        mid = self._prices[instrument] if anchor is None else self.mid_at(instrument, anchor, now)
+        # At least one quantum each side, so bid < ask always; the mid is at least two quanta.
+        half_spread = max(quantize8(mid * self._half_spread), QUANTUM)
+        return MarketQuote(
+            instrument=instrument,
+            bid=mid - half_spread,
+            ask=mid + half_spread,
+            as_of=now,
+            response_latency_ms=_elapsed_ms(started_ns),
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release (the sessions belong to the worker)."""
 
 
 def _refuse_constant(name: str) -> Any:
@@ -315,7 +437,32 @@ def _parse_price(instrument: str, body: dict[str, Any], field: str) -> Decimal:
 
 
 def provider_from_settings(settings: MarketDataSettings) -> MarketDataProvider:
-    """``HttpMarketData`` when ``MARKET_DATA_URL`` is set, else the embedded simulated market."""
+    """``HttpMarketData`` when ``MARKET_DATA_URL`` is set, else a ``SimulatedMarketData`` (for
+    tests and benchmarks, which have no database of proposals; the worker uses
+    :func:`market_from_settings`)."""
     if settings.url:
         return HttpMarketData(settings.url, timeout_seconds=settings.timeout_seconds)
     return SimulatedMarketData()
+
+
+def market_from_settings(settings: Settings, *, sessions: Sessions) -> MarketDataProvider:
+    """The worker's market: ``HttpMarketData`` or the ``PaperMarket`` anchored on the
+    approvals in ``sessions``' database, as :func:`hitl.paper_market.market_kind` decides.
+
+    Raises:
+        ConfigurationError: The deployment's market is ambiguous or incomplete (SEC-040).
+    """
+    if market_kind(settings) is MarketKind.HTTP:
+        return HttpMarketData(
+            settings.market_data.url, timeout_seconds=settings.market_data.timeout_seconds
+        )
+
+    async def lookup(instrument: str) -> PriceAnchor | None:
+        return await first_proposal(sessions, instrument)
+
+    return PaperMarket(
+        first_proposal=lookup,
+        prices=settings.market.market_prices,
+        volatility=settings.market.market_volatility,
+        seed=settings.market.market_seed,
+    )
