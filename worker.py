@@ -20,12 +20,13 @@ from temporalio.worker import Worker
 
 from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
-from activities.market_providers import MarketDataProvider, provider_from_settings
+from activities.market_providers import MarketDataProvider, market_from_settings
 from activities.market_quotes import MarketDataActivities
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from activities.reconcile import ReconcileActivities
 from hitl.logs import configure_logging
+from hitl.paper_market import market_kind
 from hitl.settings import Settings, get_settings
 from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
@@ -168,13 +169,16 @@ async def main() -> None:
     """Run the worker until SIGINT or SIGTERM, then shut down gracefully."""
     settings = get_settings()
     configure_logging()
+    # An ambiguous or incomplete market refuses to start (SEC-040) before anything connects.
+    market_kind(settings)
     runtime, sdk_metrics_url = runtime_with_sdk_metrics()
     REGISTRY.register(SdkMetrics(sdk_metrics_url))
     start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     client = await connect(settings, runtime)
     engine = create_engine(settings.database_url)
-    provider = provider_from_settings(settings.market_data)
     sessions = session_factory(engine, writer=True)
+    # The paper market reads each instrument's first proposal; SEC-040 on an ambiguous market.
+    provider = market_from_settings(settings, sessions=sessions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
