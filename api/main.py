@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.correlation import CorrelationIdMiddleware, current_correlation_id
 from api.errors import ErrorBody
-from api.routes import approvals, deep_links, events, guardian, health, page
+from api.routes import approvals, codec, deep_links, events, guardian, health, page
 from api.services import Services
 from hitl.errors import ErrorCode, HITLError
 from hitl.logs import configure_logging
@@ -123,4 +123,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(page.router)
+    app.include_router(codec.router)
     return app
