@@ -97,6 +97,9 @@ async def _start_everything(
                 str(port),
                 "--ui-port",
                 str(settings.temporal.ui_port),
+                # The UI reads our encrypted payloads through the API's codec endpoint.
+                "--ui-codec-endpoint",
+                f"http://{url_host(settings.api.host)}:{settings.api.port}/codec",
                 "--namespace",
                 settings.temporal.namespace,
                 "--log-level",
@@ -113,6 +116,8 @@ async def _start_everything(
             stop_seconds=10,
         )
         temporal_started = True
+        # That UI is ours, on this machine: the API may decode for its loopback origin.
+        supervisor.environ["TEMPORAL_UI_LOOPBACK_CODEC"] = "true"
     client = await wait_for_temporal(settings, supervisor)
     # The worker's graceful shutdown takes up to 10 s (worker.py); give it a little more.
     worker = await supervisor.start("worker", [sys.executable, "-m", "worker"], stop_seconds=15)
