@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from hitl.settings import get_settings
 from workflows.approval import ApprovalWorkflow
+from workflows.connection import gateway_data_converter
 from workflows.guardian import GuardianWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -34,8 +35,11 @@ async def test_history_replays_without_nondeterminism(path: Path) -> None:
     workflow_id = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"].get(
         "workflowId", path.stem
     )
+    # With the payload codec, as the worker replays them: histories recorded before payloads
+    # were encrypted pass through it unchanged.
     replayer = Replayer(
-        workflows=[ApprovalWorkflow, GuardianWorkflow], data_converter=pydantic_data_converter
+        workflows=[ApprovalWorkflow, GuardianWorkflow],
+        data_converter=gateway_data_converter(get_settings()),
     )
     result = await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, text))
     assert result.replay_failure is None
