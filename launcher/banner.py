@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from activities.market_providers import SimulatedMarketData
 from hitl.settings import Settings
 from launcher.addresses import split_address, url_host
+from launcher.demo_bot import DEMO_PRICES
 from launcher.dev_defaults import DEV_PRINCIPALS, TOKENS_FILE
 
 READY_LINE = "HITL gateway ready"
@@ -56,7 +56,7 @@ def banner(
     trade_id = uuid.uuid4()
     body = (
         f'{{"trade_id":"{trade_id}","instrument":"EUR/USD","side":"BUY","risk_pct":"1.5",'
-        f'"confidence":"0.8","request_price":"{SimulatedMarketData().mid_price("EUR/USD")}",'
+        f'"confidence":"0.8","request_price":"{DEMO_PRICES["EUR/USD"]}",'
         '"reasoning_summary":"My first request"}'
     )
     json_header = "-H 'Content-Type: application/json'"
