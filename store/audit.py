@@ -12,16 +12,16 @@ Guardian row) and *before* the events outbox's lock, so appends never deadlock w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import JSON, ColumnElement, Text, cast, insert, literal, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hitl.audit_chain import ChainHead, audit_content, next_link
+from hitl.record_mac import canonical_json_text
 from store.integrity import record_keys
 from store.tables import AuditChainHeadRow, AuditRow, AuditVerificationRow
 
@@ -49,6 +49,13 @@ class AuditEntry:
     record_mac: str | None = None
     """The MAC of the row as this entry leaves it (an approval's or the Guardian's state
     change): the verifier checks the row against its last such entry."""
+
+
+def _json_text(payload: str, dialect: str) -> ColumnElement[Any]:
+    """The payload column's value as exactly this text (the JSON type would re-serialise it;
+    PostgreSQL's ``json`` keeps the text it is given verbatim)."""
+    value = literal(str(payload), Text())
+    return cast(value, JSON) if dialect == "postgresql" else value
 
 
 _LOCK_HEAD = text("UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, chain")
@@ -82,9 +89,8 @@ async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = 
         "target_id": str(entry.target_id),
         "previous_state": entry.previous_state,
         "new_state": entry.new_state,
-        # What the JSON column hands back (tuples become lists, keys strings): the MAC is
-        # computed over the payload as it will be read.
-        "payload": json.loads(json.dumps(entry.payload)),
+        # Stored as its canonical JSON text, which the verifier then MACs without parsing it.
+        "payload": canonical_json_text(entry.payload),
         "correlation_id": entry.correlation_id,
         "error_code": entry.error_code,
         "created_at": datetime.now(UTC),
@@ -94,7 +100,11 @@ async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = 
     link = next_link(record_keys(), head, audit_content(values))
     await session.execute(
         insert(AuditRow).values(
-            **values, seq=link.seq, mac_key_id=link.key_id, mac=link.mac, chain=link.chain
+            **(values | {"payload": _json_text(values["payload"], session.bind.dialect.name)}),
+            seq=link.seq,
+            mac_key_id=link.key_id,
+            mac=link.mac,
+            chain=link.chain,
         )
     )
     await session.execute(
@@ -174,9 +184,10 @@ async def record_verification(
         return changed
 
 
-async def verification_status(session: AsyncSession) -> VerificationStatus | None:
-    """The last continuous check's outcome, or None before the first."""
-    row = (await session.execute(select(AuditVerificationRow))).scalar_one_or_none()
+async def verification_status(engine: AsyncEngine) -> VerificationStatus | None:
+    """The last continuous check's outcome, or None before the first (``/readyz``)."""
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(AuditVerificationRow))).first()
     if row is None:
         return None
     return VerificationStatus(checked_at=row.checked_at, seq=row.seq, problem=row.problem)
