@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import Depends, Header, Request
 
 from api.auth import authenticate
 from api.correlation import current_correlation_id
+from api.limits import client_address
 from api.services import Services
-from hitl.decisions import MAY_DECIDE, MAY_DRIVE_GUARDIAN, MAY_READ, MAY_REQUEST
+from hitl.decisions import (
+    MAY_DECIDE,
+    MAY_DRIVE_GUARDIAN,
+    MAY_READ,
+    MAY_READ_GUARDIAN,
+    MAY_REPORT,
+    MAY_REQUEST,
+    SEES_ALL_APPROVALS,
+    may_see,
+)
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, Role
 from store.engine import AsyncSession
+from store.ownership import requester_of
 
 
 def get_services(request: Request) -> Services:
@@ -45,12 +57,18 @@ CorrelationIdDep = Annotated[str, Depends(get_correlation_id)]
 async def get_principal(
     services: ServicesDep,
     session: SessionDep,
+    request: Request,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    """The authenticated caller (SEC-001 otherwise), counted against its rate limit."""
-    principal = await authenticate(
-        authorization, declared=services.declared_tokens, session=session
-    )
+    """The authenticated caller (SEC-001 otherwise, counted among its address's failed logins),
+    counted against its own rate limit."""
+    try:
+        principal = await authenticate(
+            authorization, declared=services.declared_tokens, session=session
+        )
+    except HITLError:
+        services.failed_logins.note(client_address(request.scope))
+        raise
     await services.rate_limiter.hit(principal.id)
     return principal
 
@@ -83,6 +101,22 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
 
 
 BotDep = Annotated[Principal, Depends(require(*MAY_REQUEST))]
+ReporterDep = Annotated[Principal, Depends(require(*MAY_REPORT))]
 OperatorDep = Annotated[Principal, Depends(require(*MAY_DECIDE))]
 ReaderDep = Annotated[Principal, Depends(require(*MAY_READ))]
+GuardianReaderDep = Annotated[Principal, Depends(require(*MAY_READ_GUARDIAN))]
 GuardianDep = Annotated[Principal, Depends(require(*MAY_DRIVE_GUARDIAN))]
+
+
+def not_found(trade_id: UUID) -> HITLError:
+    """SEC-010 for ``trade_id``: the one answer to an absent approval and to another bot's."""
+    return HITLError(ErrorCode.NOT_FOUND, f"no approval for trade {trade_id}")
+
+
+async def ensure_visible(session: AsyncSession, principal: Principal, trade_id: UUID) -> None:
+    """SEC-010 unless ``principal`` may see ``trade_id``'s approval: a bot sees only those it
+    requested, and another's answers exactly as if it did not exist."""
+    if principal.role in SEES_ALL_APPROVALS:
+        return
+    if not may_see(principal, requested_by=await requester_of(session, trade_id)):
+        raise not_found(trade_id)

@@ -24,6 +24,7 @@ def responses(*errors: ErrorCode) -> dict[int | str, dict[str, Any]]:
     by_status: dict[int, list[ErrorCode]] = {}
     for error in (
         ErrorCode.INVALID_INPUT,
+        ErrorCode.PAYLOAD_TOO_LARGE,
         ErrorCode.SERVICE_UNAVAILABLE,
         ErrorCode.RATE_LIMITED,
         *errors,

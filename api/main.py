@@ -13,9 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.correlation import CorrelationIdMiddleware, current_correlation_id
 from api.errors import ErrorBody
+from api.limits import (
+    MAX_BODY_BYTES,
+    BodySizeLimit,
+    ClientAddressRateLimit,
+    LimitStore,
+    RateLimiter,
+)
 from api.routes import approvals, codec, deep_links, events, guardian, health, page
 from api.services import Services
-from hitl.errors import ErrorCode, HITLError
+from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
 
@@ -96,14 +103,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway's HTTP API; settings default to the environment (SEC-040 if invalid)."""
     settings = settings or get_settings()
 
+    try:
+        limit_store = LimitStore(settings.hitl.rate_limit_storage.get_secret_value())
+    except ValueError as exc:
+        raise ConfigurationError("HITL_RATE_LIMIT_STORAGE", f"is invalid: {exc}") from None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await Services.start(settings)
+        services = await Services.start(settings, limit_store=limit_store)
         app.state.services = services
         try:
             yield
         finally:
             await services.close()
+            limit_store.close()
 
     configure_logging()
     app = FastAPI(
@@ -112,12 +125,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # The last added runs first: correlation ids on every answer, then the client-address
+    # limit before anything is read or looked up, then the body bound before any parsing.
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    address_limiter = RateLimiter(
+        settings.api.address_rate_limit, store=limit_store, namespace="address"
+    )
+    app.add_middleware(ClientAddressRateLimit, limiter=address_limiter)
     app.add_middleware(CorrelationIdMiddleware)
     app.add_exception_handler(HITLError, _hitl_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(approvals.router)
+    app.include_router(approvals.page_router)
     app.include_router(guardian.router)
     app.include_router(deep_links.router)
     app.include_router(events.router)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hitl.messages import PostTradeSnapshot
 from hitl.models import (
@@ -15,12 +14,12 @@ from hitl.models import (
     CorrelationId,
     DecisionChannel,
     DecisionReason,
-    FreeText,
     PrincipalId,
     Side,
     TradeProposal,
     TradeStatus,
 )
+from hitl.text_rules import Details, SafeText
 
 
 class _Body(BaseModel):
@@ -31,8 +30,18 @@ class _Body(BaseModel):
 class CreateApprovalBody(TradeProposal):
     """The bot's proposal; unknown fields are refused."""
 
+    reasoning_summary: SafeText
+    """At most 2000 characters; control and bidirectional-override characters are refused."""
     correlation_id: CorrelationId | None = None  # type: ignore[assignment]
     """Defaults to the request's X-Correlation-ID (or a new one)."""
+
+
+_CHANNEL = Field(
+    default=None,
+    json_schema_extra={"deprecated": True},
+    description="Ignored unless it names the channel the route records (API for /api/hitl/…,"
+    " WEB for the operators' page's /approvals/…); any other value is refused (SEC-003).",
+)
 
 
 class CreatedApproval(BaseModel):
@@ -49,16 +58,18 @@ class ApproveBody(_Body):
     """An approval; ``approved_by``, if given, must be the authenticated operator."""
 
     approved_by: PrincipalId | None = None
-    channel: DecisionChannel = DecisionChannel.API
-    comment: FreeText | None = None
+    channel: DecisionChannel | None = _CHANNEL
+    comment: SafeText | None = None
+    """At most 2000 characters; control and bidirectional-override characters are refused."""
 
 
 class RejectBody(_Body):
     """A rejection; ``rejected_by``, if given, must be the authenticated operator."""
 
     rejected_by: PrincipalId | None = None
-    channel: DecisionChannel = DecisionChannel.API
-    reason: FreeText | None = None
+    channel: DecisionChannel | None = _CHANNEL
+    reason: SafeText | None = None
+    """At most 2000 characters; control and bidirectional-override characters are refused."""
 
 
 class DecisionResult(BaseModel):
@@ -87,7 +98,9 @@ class DecisionResult(BaseModel):
 class LifecycleBody(_Body):
     """A fill, close or settlement report, with whatever data the bot has."""
 
-    details: dict[str, Any] = {}
+    details: Details = {}
+    """At most 8 KiB as JSON, 4 levels deep, keys of at most 64 characters; control and
+    bidirectional-override characters are refused in keys and strings."""
 
 
 class PendingApproval(BaseModel):

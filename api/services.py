@@ -1,19 +1,19 @@
 """What one API process holds for its lifetime: settings, database engine, Temporal client,
-declared tokens and the rate limiter. Built in the lifespan hook, disposed at shutdown."""
+declared tokens, the rate limiter, the failed-login counts and the open streams. Built in the
+lifespan hook, disposed at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from temporalio.client import Client
 
+from api.failed_logins import FailedLogins
+from api.limits import LimitStore, RateLimiter
+from api.stream_limits import ConnectionCap
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, parse_declared_tokens
 from hitl.settings import Settings
@@ -24,22 +24,6 @@ from workflows.client import ApprovalClient, GuardianClient
 from workflows.connection import connect_temporal
 
 T = TypeVar("T")
-
-
-class RateLimiter:
-    """Per-principal limits, from the maintained ``limits`` library (moving window)."""
-
-    def __init__(self, spec: str) -> None:
-        self._items: list[RateLimitItem] = parse_many(spec)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-
-    async def hit(self, principal: str) -> None:
-        """Count one request; SEC-002 with ``retry_after`` seconds when over a limit."""
-        for item in self._items:
-            if not await self._limiter.hit(item, principal):
-                stats = await self._limiter.get_window_stats(item, principal)
-                retry_after = max(1, int(stats.reset_time - datetime.now(UTC).timestamp()) + 1)
-                raise HITLError(ErrorCode.RATE_LIMITED, retry_after=retry_after)
 
 
 @dataclass
@@ -55,25 +39,36 @@ class Services:
     rate_limiter: RateLimiter
     events: EventWaker
     guardian: GuardianClient
+    failed_logins: FailedLogins
+    stream_connections: ConnectionCap
+    limit_store: LimitStore
 
     @classmethod
-    async def start(cls, settings: Settings) -> Services:
+    async def start(cls, settings: Settings, *, limit_store: LimitStore | None = None) -> Services:
         """Build everything; Temporal is connected lazily, so the API starts (and reports
-        itself unready) while Temporal is still coming up."""
+        itself unready) while Temporal is still coming up. ``limit_store`` is where the
+        per-principal limits count (shared with the client-address limit; default: memory)."""
         engine = create_engine(settings.database_url)
+        sessions = session_factory(engine)
+        store = limit_store or LimitStore()
+        failed_logins = FailedLogins(sessions)
+        failed_logins.start()
         temporal = await connect_temporal(settings, lazy=True)
         events = EventWaker(settings.database_url)
         await events.start()
         return cls(
             settings=settings,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=sessions,
             temporal=temporal,
             approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),
             declared_tokens=parse_declared_tokens(settings.api.tokens.get_secret_value()),
-            rate_limiter=RateLimiter(settings.api.rate_limit),
+            rate_limiter=RateLimiter(settings.api.rate_limit, store=store, namespace="principal"),
             events=events,
             guardian=GuardianClient(temporal, task_queue=settings.temporal.task_queue),
+            failed_logins=failed_logins,
+            stream_connections=ConnectionCap(),
+            limit_store=store,
         )
 
     async def bounded(self, call: Awaitable[T]) -> T:
@@ -87,7 +82,8 @@ class Services:
             ) from None
 
     async def close(self) -> None:
-        """Release the LISTEN connection and the database pool."""
+        """Write the failed-login counts, release the LISTEN connection and the database pool."""
+        await self.failed_logins.stop()
         await self.events.stop()
         await self.engine.dispose()
 

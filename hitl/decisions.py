@@ -18,13 +18,27 @@ from hitl.principals import Principal, Role
 # --- who may do what (the API admits each role only to its own routes) -------------------------
 
 MAY_REQUEST = (Role.BOT,)
-"""Roles that create approval requests and report the trade's lifecycle."""
+"""Roles that create approval requests."""
+MAY_REPORT = (Role.BOT, Role.ADMIN)
+"""Roles that report a trade's lifecycle (fill, close, settle): a bot for its own trades only."""
 MAY_DECIDE = (Role.OPERATOR,)
 """Roles that approve or reject (and, among them, only the allowed operators)."""
-MAY_READ = (Role.OPERATOR, Role.ADMIN, Role.BOT, Role.GUARDIAN)
-"""Roles that read approvals and the Guardian's state."""
+MAY_READ = (Role.OPERATOR, Role.ADMIN, Role.BOT)
+"""Roles that read approvals and follow their events: a bot only those it requested."""
+MAY_READ_GUARDIAN = (Role.OPERATOR, Role.ADMIN, Role.BOT, Role.GUARDIAN)
+"""Roles that read the Guardian's state (the ``guardian`` role reads nothing else)."""
 MAY_DRIVE_GUARDIAN = (Role.ADMIN, Role.GUARDIAN)
 """Roles that lock and unlock the Guardian."""
+SEES_ALL_APPROVALS = (Role.OPERATOR, Role.ADMIN)
+"""Roles that see every approval; the others (bots) see only their own."""
+
+
+def may_see(principal: Principal, *, requested_by: str | None) -> bool:
+    """Whether ``principal`` may see an approval requested by ``requested_by`` (None: there is
+    no such approval). To anyone else it does not exist: 404, never 403."""
+    if principal.role in SEES_ALL_APPROVALS:
+        return True
+    return requested_by is not None and requested_by == principal.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +52,15 @@ class Refusal:
 
 
 def refusal_at_door(
-    principal: Principal, *, claimed_by: str | None, allowed_operators: Collection[str]
+    principal: Principal,
+    *,
+    claimed_by: str | None,
+    allowed_operators: Collection[str],
+    requested_by: str | None = None,
 ) -> Refusal | None:
     """Whether the API refuses a decision before it reaches the workflow (SEC-090): the body
-    may not name anyone but the token's principal, and only allowed operators decide."""
+    may not name anyone but the token's principal, only allowed operators decide, and the
+    principal that requested a trade never decides it (separation of duties)."""
     if claimed_by is not None and claimed_by != principal.id:
         return Refusal(
             ErrorCode.UNAUTHORISED_OPERATOR,
@@ -50,6 +69,11 @@ def refusal_at_door(
     if principal.id not in allowed_operators:
         return Refusal(
             ErrorCode.UNAUTHORISED_OPERATOR, f"{principal.id} is not an allowed operator"
+        )
+    if requested_by is not None and requested_by == principal.id:
+        return Refusal(
+            ErrorCode.UNAUTHORISED_OPERATOR,
+            f"{principal.id} requested this trade and may not decide it",
         )
     return None
 

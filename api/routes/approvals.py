@@ -1,10 +1,16 @@
-"""Approvals: bots create them and report fills; operators list and decide them."""
+"""Approvals: bots create them and report fills; operators list and decide them.
+
+A bot sees and reports only the approvals it requested (another's answer 404, as if absent).
+The channel a decision is recorded with follows from the route: ``/api/hitl/…`` records API,
+the operators' page's ``/approvals/…`` records WEB; a body cannot choose it.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import structlog
 from fastapi import APIRouter
 
 from api.deps import (
@@ -12,11 +18,15 @@ from api.deps import (
     CorrelationIdDep,
     OperatorDep,
     ReaderDep,
+    ReporterDep,
     ServicesDep,
     SessionDep,
+    ensure_visible,
+    not_found,
 )
 from api.errors import responses
 from api.guardian import refuse_if_locked
+from api.pagination import Page, PageDep, decode_cursor, page_of
 from api.queries import approval_detail, pending_approvals
 from api.schemas import (
     ApprovalDetail,
@@ -34,8 +44,22 @@ from hitl.errors import ErrorCode, HITLError
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposal, TradeStatus
 from hitl.principals import Principal
+from store.ownership import requester_of
 
 router = APIRouter(prefix="/api/hitl", tags=["approvals"])
+page_router = APIRouter(prefix="/approvals", tags=["page"])
+"""The operators' page decides here: the same decisions, recorded with the WEB channel."""
+
+log = structlog.get_logger(__name__)
+
+_AUDITED_REFUSALS = (
+    ErrorCode.UNAUTHORISED_OPERATOR,
+    ErrorCode.INVALID_INPUT,
+    ErrorCode.ALREADY_DECIDED,
+    ErrorCode.EXPIRED,
+    ErrorCode.GUARDIAN_LOCKED,
+)
+"""Refused decisions written to the audit trail: who was refused, and on what."""
 
 _DECISION_ERRORS = (
     ErrorCode.UNAUTHENTICATED,
@@ -88,13 +112,35 @@ async def create_request(
     )
 
 
+def _pending_key(item: PendingApproval) -> tuple[str, str]:
+    return (item.expires_at.isoformat(), str(item.trade_id))
+
+
+def _sort_key(item: PendingApproval) -> tuple[datetime, str]:
+    return (item.expires_at, str(item.trade_id))
+
+
 @router.get(
     "/pending",
     responses=responses(ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORISED_OPERATOR),
 )
-async def list_pending(_: OperatorDep, session: SessionDep) -> list[PendingApproval]:
-    """Approvals awaiting a decision, soonest deadline first; unsound rows are flagged."""
-    return await pending_approvals(session)
+async def list_pending(_: OperatorDep, session: SessionDep, page: PageDep) -> Page[PendingApproval]:
+    """Approvals awaiting a decision, soonest deadline first (``limit`` at a time; pass
+    ``next_cursor`` back as ``cursor`` for the next page); unsound rows are flagged."""
+    after: tuple[datetime, str] | None = None
+    if page.cursor is not None:
+        expires_at, trade_id = decode_cursor(page.cursor, arity=2)
+        try:
+            after = (datetime.fromisoformat(str(expires_at)), str(UUID(str(trade_id))))
+        except ValueError:
+            raise HITLError(
+                ErrorCode.INVALID_INPUT, "invalid request: cursor is not a valid cursor"
+            ) from None
+    # Pending approvals live minutes at most, so they are few: the page is cut here, over the
+    # same order the cursor names (deadline, then trade id), and never repeats or skips one.
+    pending = sorted(await pending_approvals(session), key=_sort_key)
+    rows = [item for item in pending if after is None or _sort_key(item) > after]
+    return page_of(rows[: page.limit + 1], limit=page.limit, key_of=_pending_key)
 
 
 @router.get(
@@ -103,11 +149,13 @@ async def list_pending(_: OperatorDep, session: SessionDep) -> list[PendingAppro
         ErrorCode.UNAUTHENTICATED, ErrorCode.NOT_FOUND, ErrorCode.INTEGRITY_FAILURE
     ),
 )
-async def get_approval(trade_id: UUID, _: ReaderDep, session: SessionDep) -> ApprovalDetail:
-    """One approval: request, decision, lifecycle state and post-trade snapshot."""
+async def get_approval(trade_id: UUID, reader: ReaderDep, session: SessionDep) -> ApprovalDetail:
+    """One approval: request, decision, lifecycle state and post-trade snapshot (a bot reads
+    only those it requested)."""
+    await ensure_visible(session, reader, trade_id)
     detail = await approval_detail(session, trade_id)
     if detail is None:
-        raise HITLError(ErrorCode.NOT_FOUND, f"no approval for trade {trade_id}")
+        raise not_found(trade_id)
     return detail
 
 
@@ -118,17 +166,28 @@ async def _decide(
     operator: Principal,
     claimed_by: str | None,
     channel: DecisionChannel,
+    claimed_channel: DecisionChannel | None,
     comment: str | None,
     correlation_id: str,
     decision: Decision,
 ) -> ApprovalRequest:
-    refusal = refusal_at_door(
-        operator, claimed_by=claimed_by, allowed_operators=services.settings.hitl.allowed_operators
-    )
     try:
-        if refusal is not None:
-            raise HITLError(refusal.error, refusal.message)
+        if claimed_channel is not None and claimed_channel is not channel:
+            raise HITLError(
+                ErrorCode.INVALID_INPUT,
+                f"invalid request: channel follows from the route, which records "
+                f"{channel.value}, not {claimed_channel.value}",
+            )
         async with services.sessions() as session:
+            requested_by = await requester_of(session, trade_id)
+            refusal = refusal_at_door(
+                operator,
+                claimed_by=claimed_by,
+                allowed_operators=services.settings.hitl.allowed_operators,
+                requested_by=requested_by,
+            )
+            if refusal is not None:
+                raise HITLError(refusal.error, refusal.message)
             await refuse_if_locked(session)
         timeout = services.settings.api.decision_timeout_seconds
         command = DecisionCommand(
@@ -142,60 +201,115 @@ async def _decide(
         call = handle.approve(command) if decision is Decision.APPROVE else handle.reject(command)
         return await services.bounded(call)
     except HITLError as exc:
-        if exc.error is ErrorCode.UNAUTHORISED_OPERATOR:
-            await services.audit(
-                actor_id=operator.id,
-                action=f"approval.{decision.value.lower()}_refused",
-                target_id=str(trade_id),
+        if exc.error in _AUDITED_REFUSALS:
+            await _audit_refusal(
+                services,
+                exc,
+                trade_id=trade_id,
+                operator=operator,
+                decision=decision,
+                channel=channel,
+                claimed_by=claimed_by,
+                claimed_channel=claimed_channel,
                 correlation_id=correlation_id,
-                error_code=exc.error.code,
-                payload={"reason": exc.message, "claimed_by": claimed_by},
             )
         raise
 
 
-@router.post("/{trade_id}/approve", responses=responses(*_DECISION_ERRORS))
-async def approve(
+async def _audit_refusal(
+    services: Services,
+    exc: HITLError,
+    *,
     trade_id: UUID,
-    body: ApproveBody,
-    operator: OperatorDep,
-    services: ServicesDep,
-    correlation_id: CorrelationIdDep,
-) -> DecisionResult:
-    """Approve: the price is checked against the market, then the trade is ACCEPTED."""
-    approval = await _decide(
-        services,
-        trade_id=trade_id,
-        operator=operator,
-        claimed_by=body.approved_by,
-        channel=body.channel,
-        comment=body.comment,
-        correlation_id=correlation_id,
-        decision=Decision.APPROVE,
-    )
-    return DecisionResult.of(approval)
+    operator: Principal,
+    decision: Decision,
+    channel: DecisionChannel,
+    claimed_by: str | None,
+    claimed_channel: DecisionChannel | None,
+    correlation_id: str,
+) -> None:
+    """Write a refused decision's audit entry; a failure to write is logged, and the caller
+    still gets the refusal (not a 500 in its place)."""
+    try:
+        await services.audit(
+            actor_id=operator.id,
+            action=f"approval.{decision.value.lower()}_refused",
+            target_id=str(trade_id),
+            correlation_id=correlation_id,
+            error_code=exc.error.code,
+            payload={
+                "reason": exc.message,
+                "claimed_by": claimed_by,
+                "channel": channel.value,
+                "claimed_channel": claimed_channel.value if claimed_channel else None,
+            },
+        )
+    except Exception:
+        log.exception(
+            "a refused decision could not be audited",
+            correlation_id=correlation_id,
+            actor=operator.id,
+            action="audit.write",
+            result="failed",
+            error_code=exc.error.code,
+            trade_id=str(trade_id),
+        )
 
 
-@router.post("/{trade_id}/reject", responses=responses(*_DECISION_ERRORS))
-async def reject(
-    trade_id: UUID,
-    body: RejectBody,
-    operator: OperatorDep,
-    services: ServicesDep,
-    correlation_id: CorrelationIdDep,
-) -> DecisionResult:
-    """Reject, with a reason."""
-    approval = await _decide(
-        services,
-        trade_id=trade_id,
-        operator=operator,
-        claimed_by=body.rejected_by,
-        channel=body.channel,
-        comment=body.reason,
-        correlation_id=correlation_id,
-        decision=Decision.REJECT,
-    )
-    return DecisionResult.of(approval)
+def _decision_routes(target: APIRouter, channel: DecisionChannel) -> None:
+    """Register ``POST /{trade_id}/approve`` and ``/reject`` on ``target``, recording
+    ``channel``."""
+
+    async def approve(
+        trade_id: UUID,
+        body: ApproveBody,
+        operator: OperatorDep,
+        services: ServicesDep,
+        correlation_id: CorrelationIdDep,
+    ) -> DecisionResult:
+        """Approve: the price is checked against the market, then the trade is ACCEPTED."""
+        approval = await _decide(
+            services,
+            trade_id=trade_id,
+            operator=operator,
+            claimed_by=body.approved_by,
+            channel=channel,
+            claimed_channel=body.channel,
+            comment=body.comment,
+            correlation_id=correlation_id,
+            decision=Decision.APPROVE,
+        )
+        return DecisionResult.of(approval)
+
+    async def reject(
+        trade_id: UUID,
+        body: RejectBody,
+        operator: OperatorDep,
+        services: ServicesDep,
+        correlation_id: CorrelationIdDep,
+    ) -> DecisionResult:
+        """Reject, with a reason."""
+        approval = await _decide(
+            services,
+            trade_id=trade_id,
+            operator=operator,
+            claimed_by=body.rejected_by,
+            channel=channel,
+            claimed_channel=body.channel,
+            comment=body.reason,
+            correlation_id=correlation_id,
+            decision=Decision.REJECT,
+        )
+        return DecisionResult.of(approval)
+
+    suffix = "" if channel is DecisionChannel.API else f"_{channel.value.lower()}"
+    errors = responses(*_DECISION_ERRORS)
+    target.post("/{trade_id}/approve", responses=errors, name=f"approve{suffix}")(approve)
+    target.post("/{trade_id}/reject", responses=errors, name=f"reject{suffix}")(reject)
+
+
+_decision_routes(router, DecisionChannel.API)
+_decision_routes(page_router, DecisionChannel.WEB)
 
 
 _LIFECYCLE_ERRORS = responses(
@@ -208,18 +322,21 @@ _LIFECYCLE_ERRORS = responses(
 
 
 def _lifecycle_route(step: str, target: TradeStatus, summary: str) -> None:
-    """Register ``POST /{trade_id}/<step>``: the bot reports the trade reached ``target``."""
+    """Register ``POST /{trade_id}/<step>``: the bot that requested the trade (or an admin)
+    reports it reached ``target``."""
 
     async def report(
         trade_id: UUID,
-        bot: BotDep,
+        reporter: ReporterDep,
         services: ServicesDep,
+        session: SessionDep,
         correlation_id: CorrelationIdDep,
         body: LifecycleBody | None = None,
     ) -> DecisionResult:
+        await ensure_visible(session, reporter, trade_id)
         command = LifecycleCommand(
             target=target,
-            reported_by=bot.id,
+            reported_by=reporter.id,
             correlation_id=correlation_id,
             details=body.details if body else {},
         )

@@ -35,7 +35,7 @@ class DeepLinkView(BaseModel):
     """This access's correlation id (the approval's own is in ``approval``)."""
 
 
-@router.get(
+@router.post(
     "/{token}",
     responses=responses(
         ErrorCode.INVALID_DEEP_LINK, ErrorCode.NOT_FOUND, ErrorCode.INTEGRITY_FAILURE
@@ -49,7 +49,10 @@ async def open_deep_link(
     response: Response,
 ) -> DeepLinkView:
     """Use a one-time link up and show its approval; a used, expired or unknown link is
-    refused (SEC-091). Nothing is decided."""
+    refused (SEC-091). Nothing is decided.
+
+    A POST, because it uses the link up: a GET never changes state, so a link scanner or a
+    browser's prefetch that follows the Discord link (the page) uses nothing."""
     # The token is a secret: shown nowhere, cached nowhere, sent on to nobody.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"

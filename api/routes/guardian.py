@@ -6,11 +6,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import CorrelationIdDep, GuardianDep, ReaderDep, ServicesDep, SessionDep
+from api.deps import (
+    CorrelationIdDep,
+    GuardianDep,
+    GuardianReaderDep,
+    ServicesDep,
+    SessionDep,
+)
 from api.errors import responses
 from hitl.errors import ErrorCode
 from hitl.messages import GuardianCommand, GuardianStatus
-from hitl.models import FreeText
+from hitl.text_rules import SafeText
 from store.guardian import read_guardian
 
 router = APIRouter(prefix="/api/guardian", tags=["guardian"])
@@ -21,7 +27,8 @@ class LockBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: FreeText
+    reason: SafeText
+    """At most 2000 characters; control and bidirectional-override characters are refused."""
 
 
 class UnlockBody(BaseModel):
@@ -29,14 +36,14 @@ class UnlockBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: FreeText = ""
+    reason: SafeText = ""
 
 
 _ERRORS = responses(ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORISED_OPERATOR)
 
 
 @router.get("/status", responses=_ERRORS)
-async def status(_: ReaderDep, session: SessionDep) -> GuardianStatus:
+async def status(_: GuardianReaderDep, session: SessionDep) -> GuardianStatus:
     """Whether the Guardian is locked, since when, by whom and why."""
     return await read_guardian(session)
 

@@ -435,7 +435,7 @@ async function refreshPending() {
   state.createdDuringFetch = new Map();
   try {
     const sentAt = Date.now();
-    const pending = await api("/api/hitl/pending");
+    const pending = await pendingApprovals();
     if (generation !== state.generation) return;
     const receivedAt = Date.now();
     if (pending.length > 0) {
@@ -459,6 +459,20 @@ async function refreshPending() {
   } finally {
     if (generation === state.generation) state.createdDuringFetch = null;
   }
+}
+
+async function pendingApprovals() {
+  // The list comes in pages (at most 500 each): follow next_cursor to the end.
+  const items = [];
+  let cursor = null;
+  do {
+    const params = new URLSearchParams({ limit: "500" });
+    if (cursor) params.set("cursor", cursor);
+    const page = await api(`/api/hitl/pending?${params}`);
+    items.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return items;
 }
 
 function applyEvent(event) {
@@ -495,12 +509,17 @@ function applyEvent(event) {
 
 function connect() {
   const generation = state.generation;
-  const params = new URLSearchParams({ token: state.token });
+  const params = new URLSearchParams();
   // Resuming after the last event seen means nothing is missed while disconnected.
   if (state.lastEventId !== null) params.set("after", String(state.lastEventId));
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${location.host}/ws/hitl?${params}`);
+  const query = params.toString();
+  const socket = new WebSocket(`${scheme}//${location.host}/ws/hitl${query ? `?${query}` : ""}`);
   state.socket = socket;
+  // The token travels in the first message, never in the address (which servers and proxies
+  // write to their logs).
+  const token = state.token;
+  socket.addEventListener("open", () => socket.send(JSON.stringify({ type: "auth", token })));
   setConnection(state.lastEventId === null ? "connecting" : "reconnecting");
   socket.addEventListener("message", (message) => {
     if (generation !== state.generation) return;
@@ -639,12 +658,11 @@ async function submitDecision(event) {
   state.inflight.add(dialog.tradeId);
   $("decide-confirm").disabled = true;
   dialogStatus(approve ? "Sending the approval…" : "Sending the rejection…");
-  const body = approve
-    ? { channel: "WEB", comment: text || null }
-    : { channel: "WEB", reason: text };
+  // The page's own routes record the WEB channel; the body does not choose it.
+  const body = approve ? { comment: text || null } : { reason: text };
   const generation = state.generation;
   try {
-    const result = await api(`/api/hitl/${encodeURIComponent(dialog.tradeId)}/${dialog.decision}`, {
+    const result = await api(`/approvals/${encodeURIComponent(dialog.tradeId)}/${dialog.decision}`, {
       method: "POST",
       body,
     });
@@ -703,7 +721,11 @@ async function landOnDeepLink(link) {
   let note = null;
   if (link.linkToken) {
     try {
-      const opened = await api(`/api/hitl/deep-links/${encodeURIComponent(link.linkToken)}`);
+      // A POST uses the link up; only this page, run by a person, sends it.
+      const opened = await api(`/api/hitl/deep-links/${encodeURIComponent(link.linkToken)}`, {
+        method: "POST",
+        auth: false,
+      });
       state.focus.tradeId = opened.trade_id;
       state.focus.approval = fromDetail(opened.approval);
     } catch (err) {

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
@@ -26,10 +27,12 @@ from tests.temporal_fixtures import Gateway, start_gateway
 
 TOKENS = {
     "bot-1": ("bot", "bot-token"),
+    "bot-2": ("bot", "bot-2-token"),  # another bot: bot-1's approvals do not exist for it
     "alice": ("operator", "alice-token"),
     "bob": ("operator", "bob-token"),
     "carol": ("operator", "carol-token"),  # an operator by role, not on the allowed list
     "admin": ("admin", "admin-token"),
+    "guardian": ("guardian", "guardian-token"),  # the risk engine: Guardian status and switch
 }
 
 
@@ -49,6 +52,7 @@ def api_settings(
     """Settings for the app under test."""
     base = load_settings()
     api.setdefault("rate_limit", "1000/second")  # tests that want a limit set their own
+    api.setdefault("address_rate_limit", "1000/second")
     return Settings(
         hitl=HITLSettings(
             allowed_operators=frozenset({"alice", "bob"}), timeout_seconds=timeout_seconds
@@ -72,6 +76,7 @@ class Api:
     http: httpx.AsyncClient
     gw: Gateway
     settings: Settings
+    app: FastAPI
 
 
 async def start_api(gw: Gateway, database_url: str, **options: Any) -> AsyncIterator[Api]:
@@ -86,7 +91,7 @@ async def start_api(gw: Gateway, database_url: str, **options: Any) -> AsyncIter
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            yield Api(http=http, gw=gw, settings=settings)
+            yield Api(http=http, gw=gw, settings=settings, app=app)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def test_full_approval_flow(api: Api) -> None:
     created = await create(api)
     assert created["status"] == "AWAITING_APPROVAL"
     trade_id = created["trade_id"]
-    pending = (await api.http.get("/api/hitl/pending", headers=auth("alice"))).json()
+    pending = (await api.http.get("/api/hitl/pending", headers=auth("alice"))).json()["items"]
     assert trade_id in [p["trade_id"] for p in pending]
     response = await api.http.post(
         f"/api/hitl/{trade_id}/approve",
@@ -229,7 +229,7 @@ async def test_property_14_pending_approvals_are_ordered_by_expiry(api: Api) -> 
     created = [await create(api) for _ in range(4)]
     response = await api.http.get("/api/hitl/pending", headers=auth("alice"))
     assert response.status_code == 200
-    pending = response.json()
+    pending = response.json()["items"]
     expiries = [datetime.fromisoformat(p["expires_at"]) for p in pending]
     assert expiries == sorted(expiries)
     ours = [p for p in pending if p["trade_id"] in {c["trade_id"] for c in created}]
@@ -260,7 +260,7 @@ async def test_tampered_row_is_flagged_in_the_pending_list(api: Api) -> None:
             )
         ).scalar_one()
         row.risk_pct = Decimal("0.01")
-    pending = (await api.http.get("/api/hitl/pending", headers=auth("alice"))).json()
+    pending = (await api.http.get("/api/hitl/pending", headers=auth("alice"))).json()["items"]
     [flagged] = [p for p in pending if p["trade_id"] == trade_id]
     assert flagged["integrity_ok"] is False
 

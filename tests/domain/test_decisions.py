@@ -12,8 +12,11 @@ from hitl.decisions import (
     MAY_DECIDE,
     MAY_DRIVE_GUARDIAN,
     MAY_READ,
+    MAY_READ_GUARDIAN,
+    MAY_REPORT,
     MAY_REQUEST,
     guardian_rejection,
+    may_see,
     refusal_at_door,
     refusal_of_decision,
     refusal_of_standing,
@@ -93,7 +96,30 @@ def test_roles_are_admitted_only_to_their_own_actions() -> None:
     assert MAY_DECIDE == (Role.OPERATOR,)
     assert MAY_REQUEST == (Role.BOT,)
     assert set(MAY_DRIVE_GUARDIAN) == {Role.ADMIN, Role.GUARDIAN}
-    assert set(MAY_READ) == set(Role)
+    # The guardian role reads the Guardian's state only (issue 17); bots read their own.
+    assert set(MAY_READ) == {Role.OPERATOR, Role.ADMIN, Role.BOT}
+    assert set(MAY_READ_GUARDIAN) == set(Role)
+    assert set(MAY_REPORT) == {Role.BOT, Role.ADMIN}
+
+
+def test_a_bot_sees_only_its_own_approvals_and_others_see_all() -> None:
+    bot = Principal("bot-1", Role.BOT)
+    assert may_see(bot, requested_by="bot-1")
+    assert not may_see(bot, requested_by="bot-2")
+    assert not may_see(bot, requested_by=None)
+    for role in (Role.OPERATOR, Role.ADMIN):
+        assert may_see(Principal("x", role), requested_by="bot-2")
+    assert not may_see(Principal("risk", Role.GUARDIAN), requested_by="bot-1")
+
+
+def test_who_requested_a_trade_never_decides_it() -> None:
+    alice = Principal("alice", Role.OPERATOR)
+    own = refusal_at_door(alice, claimed_by=None, allowed_operators=ALLOWED, requested_by="alice")
+    assert own is not None and own.error is ErrorCode.UNAUTHORISED_OPERATOR
+    assert (
+        refusal_at_door(alice, claimed_by=None, allowed_operators=ALLOWED, requested_by="bot-1")
+        is None
+    )
 
 
 def test_the_door_refuses_a_body_naming_someone_else_and_unlisted_operators() -> None:
