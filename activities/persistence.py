@@ -46,6 +46,8 @@ def _count_decision(approval: ApprovalRequest) -> None:
         metrics.APPROVALS.inc()
     elif approval.decision_reason is not None:
         metrics.REJECTIONS.labels(reason=approval.decision_reason.value).inc()
+        if approval.decision_reason is DecisionReason.HITL_TIMEOUT:
+            metrics.REJECTIONS_TIMEOUT.inc()
     human = approval.decision_channel is not DecisionChannel.SYSTEM
     if human and approval.decided_at is not None:
         latency = (approval.decided_at - approval.requested_at).total_seconds()
