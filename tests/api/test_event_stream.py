@@ -98,7 +98,9 @@ async def test_events_on_create_decide_and_expire(served: Served) -> None:
 
 async def test_resume_after_a_dropped_connection_misses_nothing(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base_url) as http:
-        async with websockets.connect(f"{served.ws_url}/ws/hitl?token=alice-token") as ws:
+        async with websockets.connect(f"{served.ws_url}/ws/hitl") as ws:
+            # A browser cannot set headers: its token is the first message, never the URL.
+            await ws.send(json.dumps({"type": "auth", "token": "alice-token"}))
             cursor = json.loads(await ws.recv())["cursor"]
             first = await create(served, http)
             [seen] = await receive(ws, 1)
@@ -116,7 +118,8 @@ async def test_resume_after_a_dropped_connection_misses_nothing(served: Served) 
 
 
 async def test_unauthenticated_stream_is_refused_with_sec_001(served: Served) -> None:
-    async with websockets.connect(f"{served.ws_url}/ws/hitl?token=wrong") as ws:
+    async with websockets.connect(f"{served.ws_url}/ws/hitl") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": "wrong"}))
         error = json.loads(await ws.recv())
         assert error["error_code"] == "SEC-001"
         with pytest.raises(websockets.ConnectionClosed) as closed:

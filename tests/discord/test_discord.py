@@ -717,9 +717,11 @@ async def test_deep_link_endpoint_shows_the_approval_once_and_decides_nothing(
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
                 url = f"/api/hitl/deep-links/{token_of(message)}"
-                opened = await http.get(url, headers={"X-Correlation-ID": "corr-open-1"})
-                again = await http.get(url)
-                unknown = await http.get("/api/hitl/deep-links/not-a-token")
+                # Opening is a POST: a GET never uses a link up (issue 17).
+                assert (await http.get(url)).status_code == 405
+                opened = await http.post(url, headers={"X-Correlation-ID": "corr-open-1"})
+                again = await http.post(url)
+                unknown = await http.post("/api/hitl/deep-links/not-a-token")
 
         assert opened.status_code == 200, opened.text
         assert opened.headers["Cache-Control"] == "no-store"

@@ -544,7 +544,7 @@ async def test_a_deep_link_lands_on_its_approval(
     screen: Screen, stack: Served, http: httpx.AsyncClient
 ) -> None:
     page = screen.page
-    unknown = await http.get("/api/hitl/deep-links/not-a-link")
+    unknown = await http.post("/api/hitl/deep-links/not-a-link")
     assert unknown.status_code == 403, unknown.text
     assert unknown.json()["error_code"] == "SEC-091"
     trade_id = await propose(
@@ -575,6 +575,6 @@ async def test_a_deep_link_lands_on_its_approval(
     await screen.shot("deep-link-approved")
 
     # A link works once.
-    again = await http.get(f"/api/hitl/deep-links/{token}")
+    again = await http.post(f"/api/hitl/deep-links/{token}")
     assert again.status_code == 403
     assert again.json()["error_code"] == "SEC-091"
