@@ -15,9 +15,11 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.audit import AuditActivities
 from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
 from activities.market_providers import MarketDataProvider, market_from_settings
@@ -25,11 +27,14 @@ from activities.market_quotes import MarketDataActivities
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from activities.reconcile import ReconcileActivities
+from hitl.audit_chain import AuditCheckpointInput
+from hitl.keys import KeyPurpose, KeyringFile
 from hitl.logs import configure_logging
 from hitl.paper_market import market_kind
 from hitl.settings import Settings, get_settings
 from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
+from workflows.audit_checkpoint import AuditCheckpointWorkflow, checkpoint_workflow_id
 from workflows.connection import connect_temporal
 from workflows.guardian import GuardianWorkflow
 from workflows.reconciler import ReconcilerWorkflow
@@ -81,7 +86,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ApprovalWorkflow, GuardianWorkflow, ReconcilerWorkflow],
+        workflows=[ApprovalWorkflow, GuardianWorkflow, ReconcilerWorkflow, AuditCheckpointWorkflow],
         activities=activities,
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -165,12 +170,28 @@ async def log_startup_summary(client: Client, settings: Settings) -> None:
     )
 
 
+async def start_audit_checks(client: Client, settings: Settings) -> None:
+    """Start the task queue's AuditCheckpointWorkflow, or wake the running one: either way the
+    audit chain is verified now, then every ``HITL_AUDIT_VERIFY_SECONDS``."""
+    task_queue = settings.temporal.task_queue
+    await client.start_workflow(
+        AuditCheckpointWorkflow.run,
+        AuditCheckpointInput(interval_seconds=settings.hitl.audit_verify_seconds),
+        id=checkpoint_workflow_id(task_queue),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="check_now",
+    )
+
+
 async def main() -> None:
     """Run the worker until SIGINT or SIGTERM, then shut down gracefully."""
     settings = get_settings()
     configure_logging()
     # An ambiguous or incomplete market refuses to start (SEC-040) before anything connects.
     market_kind(settings)
+    # Every audit entry and row is sealed with the RECORD key (SEC-040 when it is missing).
+    record_keys = KeyringFile(settings.keys_dir, KeyPurpose.RECORD)
     runtime, sdk_metrics_url = runtime_with_sdk_metrics()
     REGISTRY.register(SdkMetrics(sdk_metrics_url))
     start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
@@ -185,12 +206,22 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     # Discord when DISCORD_BOT_TOKEN is set, the console otherwise; closed after the worker.
     async with notifier_from_settings(settings, sessions) as notifier:
+        audit = AuditActivities(
+            engine=engine,
+            sessions=sessions,
+            notifier=notifier,
+            keys=record_keys,
+            data_dir=settings.hitl.data_dir,
+        )
         worker = build_worker(
             client,
             task_queue=settings.temporal.task_queue,
-            activities=activities_for(
-                sessions=sessions, provider=provider, notifier=notifier, client=client
-            ),
+            activities=[
+                *activities_for(
+                    sessions=sessions, provider=provider, notifier=notifier, client=client
+                ),
+                audit.verify_audit_chain,
+            ],
             max_cached_workflows=settings.worker.max_cached_workflows,
         )
         log.info(
@@ -204,6 +235,17 @@ async def main() -> None:
             notifier=type(notifier).__name__,
         )
         async with worker:
+            try:
+                await start_audit_checks(client, settings)
+            except Exception as exc:  # the worker serves regardless; a later start retries
+                log.error(
+                    "audit checks not started",
+                    correlation_id="-",
+                    actor="worker",
+                    action="audit.start",
+                    result="failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             summary = asyncio.create_task(log_startup_summary(client, settings))
             await stop.wait()
             summary.cancel()
