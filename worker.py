@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -26,12 +27,15 @@ from activities.market_providers import MarketDataProvider, market_from_settings
 from activities.market_quotes import MarketDataActivities
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
+from activities.policy import PolicyActivities, WorkerTrust, install_trust
 from activities.reconcile import ReconcileActivities
 from hitl.audit_chain import AuditCheckpointInput
+from hitl.errors import ConfigurationError
 from hitl.keys import KeyPurpose, KeyringFile
 from hitl.logs import configure_logging
 from hitl.paper_market import market_kind
 from hitl.settings import Settings, get_settings
+from hitl.signing import CommandSigner
 from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_checkpoint import AuditCheckpointWorkflow, checkpoint_workflow_id
@@ -49,12 +53,17 @@ def activities_for(
     provider: MarketDataProvider,
     notifier: Notifier,
     client: Client,
+    trust: WorkerTrust | None = None,
+    signer: CommandSigner | None = None,
 ) -> Sequence[Any]:
-    """Every activity the workflows call, bound to its dependencies."""
+    """Every activity the workflows call, bound to its dependencies (the trust and the signer
+    of lock notices default to the settings' keys folder and policy)."""
     persistence = PersistenceActivities(sessions)
     notifications = NotificationActivities(notifier)
     market = MarketDataActivities(provider)
-    guardian = GuardianActivities(sessions, client)
+    policy = PolicyActivities(trust or WorkerTrust.from_settings(get_settings()))
+    signer = signer or CommandSigner.from_keys_dir(get_settings().keys_dir)
+    guardian = GuardianActivities(sessions, client, signer)
     reconcile = ReconcileActivities(sessions, client)
     return [
         guardian.engage_guardian_lock,
@@ -72,6 +81,7 @@ def activities_for(
         notifications.notify_guardian_cascade,
         market.fetch_quote,
         reconcile.reconcile,
+        policy.admit_approval,
     ]
 
 
@@ -81,8 +91,11 @@ def build_worker(
     task_queue: str,
     activities: Sequence[Any],
     max_cached_workflows: int = 1000,
+    trust: WorkerTrust | None = None,
 ) -> Worker:
-    """A worker for ApprovalWorkflow and its activities on ``task_queue``."""
+    """A worker for ApprovalWorkflow and its activities on ``task_queue``; the workflows'
+    validators check commands against ``trust`` (default: from the settings)."""
+    install_trust(task_queue, trust or WorkerTrust.from_settings(get_settings()))
     return Worker(
         client,
         task_queue=task_queue,
@@ -190,6 +203,9 @@ async def main() -> None:
     configure_logging()
     # An ambiguous or incomplete market refuses to start (SEC-040) before anything connects.
     market_kind(settings)
+    # Before anything else: without the commands keyring nothing could be verified (SEC-040).
+    trust = WorkerTrust.from_settings(settings)
+    signer = CommandSigner.from_keys_dir(settings.keys_dir)
     # Every audit entry and row is sealed with the RECORD key (SEC-040 when it is missing).
     record_keys = KeyringFile(settings.keys_dir, KeyPurpose.RECORD)
     runtime, sdk_metrics_url = runtime_with_sdk_metrics()
@@ -218,11 +234,17 @@ async def main() -> None:
             task_queue=settings.temporal.task_queue,
             activities=[
                 *activities_for(
-                    sessions=sessions, provider=provider, notifier=notifier, client=client
+                    sessions=sessions,
+                    provider=provider,
+                    notifier=notifier,
+                    client=client,
+                    trust=trust,
+                    signer=signer,
                 ),
                 audit.verify_audit_chain,
             ],
             max_cached_workflows=settings.worker.max_cached_workflows,
+            trust=trust,
         )
         log.info(
             "worker started",
@@ -257,4 +279,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ConfigurationError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        sys.exit(2)

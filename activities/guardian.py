@@ -7,7 +7,7 @@ from uuid import UUID
 
 import structlog
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.persistence import count_guardian_rejections
@@ -19,6 +19,7 @@ from hitl.messages import (
     GuardianStatus,
     workflow_id_for,
 )
+from hitl.signing import CommandAction, CommandSigner
 from store.engine import Sessions
 from store.guardian import lock_guardian, unlock_guardian
 
@@ -29,11 +30,13 @@ SIGNAL_CONCURRENCY = 100
 
 
 class GuardianActivities:
-    """The Guardian's I/O; built in ``worker.py`` with sessions and the Temporal client."""
+    """The Guardian's I/O; built in ``worker.py`` with sessions, the Temporal client and the
+    signer of the lock notices."""
 
-    def __init__(self, sessions: Sessions, client: Client) -> None:
+    def __init__(self, sessions: Sessions, client: Client, signer: CommandSigner) -> None:
         self._sessions = sessions
         self._client = client
+        self._signer = signer
 
     @activity.defn(name="engage_guardian_lock")
     async def engage_guardian_lock(self, command: GuardianCommand) -> GuardianLockResult:
@@ -72,20 +75,38 @@ class GuardianActivities:
 
     @activity.defn(name="signal_guardian_lock")
     async def signal_guardian_lock(self, fan_out: GuardianFanOut) -> int:
-        """Signal each rejected approval's workflow so it adopts its rejection and ends; the
-        heartbeat records progress so a retry resumes where this attempt stopped."""
+        """Tell each rejected approval's workflow, with a notice signed for it alone (an
+        Update, so an unsigned one never reaches its history), so it adopts its rejection and
+        ends; the heartbeat records progress so a retry resumes where this attempt stopped.
+        (The name is from when this was a signal; histories name it.)"""
         details = activity.info().heartbeat_details
         start = int(details[0]) if details else 0
         semaphore = asyncio.Semaphore(SIGNAL_CONCURRENCY)
 
         async def signal(trade_id: UUID) -> None:
             async with semaphore:
-                handle = self._client.get_workflow_handle(workflow_id_for(trade_id))
+                workflow_id = workflow_id_for(trade_id)
+                notice = self._signer.sign(
+                    fan_out.notice, workflow_id=workflow_id, action=CommandAction.LOCK_NOTICE
+                )
+                handle = self._client.get_workflow_handle(workflow_id)
                 try:
-                    await handle.signal("guardian_locked", fan_out.notice)
+                    await handle.execute_update("adopt_guardian_lock", notice)
                 except RPCError as exc:
                     if exc.status is not RPCStatusCode.NOT_FOUND:  # ended already: fine
                         raise
+                except WorkflowUpdateFailedError as exc:
+                    # Refused: ours is signed, so the keyrings differ; retried until fixed.
+                    log.error(
+                        "lock notice refused",
+                        correlation_id=notice.correlation_id,
+                        actor="worker",
+                        action="guardian.notice",
+                        result="refused",
+                        trade_id=str(trade_id),
+                        error=str(exc.cause),
+                    )
+                    raise
 
         batch = SIGNAL_CONCURRENCY * 5
         for offset in range(start, len(fan_out.trade_ids), batch):

@@ -25,6 +25,7 @@ from hitl.models import (
     TradeStatus,
     UtcDatetime,
 )
+from hitl.signing import CommandProof
 
 SYSTEM_ACTOR = "system"
 """The actor named for decisions and writes the gateway makes itself."""
@@ -44,11 +45,31 @@ class ApprovalPolicy(_Message):
 
 
 class ApprovalWorkflowInput(_Message):
-    """What starts an approval: the bot's proposal, who proposed it, and the policy."""
+    """What starts an approval: the bot's proposal, who proposed it, and the gateway's proof.
+
+    The policy is the worker's (recorded in history at start); ``policy`` is only read when
+    replaying histories recorded before that, and ignored in a new start that carries one.
+    """
 
     proposal: TradeProposal
     requested_by: PrincipalId
-    policy: ApprovalPolicy
+    policy: ApprovalPolicy | None = None
+    proof: CommandProof | None = None
+    """The gateway's signature of this start (``hitl.signing``); unsigned starts are refused."""
+
+
+class AdmitApprovalInput(_Message):
+    """Ask the worker whether a start is the gateway's."""
+
+    workflow_id: str
+    start: ApprovalWorkflowInput
+
+
+class ApprovalAdmission(_Message):
+    """The worker's answer: a refusal's SEC code, or the policy the approval runs under."""
+
+    error_code: str | None = None
+    policy: ApprovalPolicy | None = None
 
 
 def workflow_id_for(trade_id: UUID) -> str:
@@ -66,6 +87,8 @@ class DecisionCommand(_Message):
     not_after: UtcDatetime | None = None
     """The caller stops waiting at this instant; a command still unapplied by then is refused
     (SEC-070), so a decision the API answered 503 for can never land later."""
+    proof: CommandProof | None = None
+    """The gateway's signature of this decision for this approval."""
 
 
 class LifecycleCommand(_Message):
@@ -76,6 +99,8 @@ class LifecycleCommand(_Message):
     correlation_id: str
     details: dict[str, Any] = Field(default_factory=dict)
     """Fill data and the like, as the bot has it; recorded in the audit trail and event."""
+    proof: CommandProof | None = None
+    """The gateway's signature of this report for this approval."""
 
 
 class RecordRequestInput(_Message):
@@ -191,6 +216,15 @@ class GuardianCommand(_Message):
     reason: FreeText = ""
     by: PrincipalId
     correlation_id: CorrelationId
+    proof: CommandProof | None = None
+    """The gateway's signature of this lock or unlock."""
+
+
+class GuardianCarry(_Message):
+    """What the Guardian workflow carries into its next run (continue-as-new): the proofs it
+    accepted that still hold, so none can be replayed across the new run."""
+
+    seen: dict[str, UtcDatetime] = Field(default_factory=dict)
 
 
 class GuardianStatus(_Message):
@@ -204,13 +238,15 @@ class GuardianStatus(_Message):
 
 
 class GuardianLockNotice(_Message):
-    """Signalled to each pending approval when the Guardian locks."""
+    """Sent to each approval a Guardian lock rejected (an Update, signed per approval)."""
 
     version: int
     reason: str
     locked_by: PrincipalId
     locked_at: UtcDatetime
     correlation_id: CorrelationId
+    proof: CommandProof | None = None
+    """The gateway's signature of this notice for one approval."""
 
 
 class GuardianLockResult(_Message):

@@ -19,16 +19,18 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum, StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hitl.keys import Keyring
+from hitl.errors import ErrorCode
+from hitl.keys import KeyPurpose, Keyring, KeyringFile
 from hitl.models import UtcDatetime
 
 PROOF_FIELD = "proof"
@@ -67,6 +69,15 @@ class Refusal(StrEnum):
     """Signed by the gateway, but outside its validity window."""
     REPLAYED = "replayed"
     """Signed by the gateway and already used once."""
+
+    @property
+    def error(self) -> ErrorCode:
+        """The SEC code the command is refused with."""
+        return (
+            ErrorCode.COMMAND_NOT_SIGNED
+            if self is Refusal.NOT_SIGNED
+            else ErrorCode.COMMAND_EXPIRED
+        )
 
 
 class CommandProof(BaseModel):
@@ -163,6 +174,47 @@ def verify_command(
     if now > proof.not_after or now + CLOCK_SKEW < proof.issued_at:
         return Refusal.EXPIRED
     return None
+
+
+CommandT = TypeVar("CommandT", bound=BaseModel)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CommandSigner:
+    """Signs the commands one gateway process sends (the API, the Discord bot, the worker's
+    Guardian fan-out), under the commands keyring as it stands at each signature."""
+
+    def __init__(
+        self,
+        keyring: Callable[[], Keyring],
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        validity: timedelta = DEFAULT_VALIDITY,
+    ) -> None:
+        self._keyring = keyring
+        self._clock = clock
+        self._validity = validity
+
+    @classmethod
+    def from_keys_dir(cls, keys_dir: Path) -> CommandSigner:
+        """A signer over the commands keyring in ``keys_dir``, followed across rotations;
+        ConfigurationError (SEC-040) when it is missing or malformed."""
+        return cls(KeyringFile(keys_dir, KeyPurpose.COMMANDS).current)
+
+    def sign(self, command: CommandT, *, workflow_id: str, action: CommandAction) -> CommandT:
+        """``command`` with its ``proof`` for ``workflow_id`` and ``action``, valid from now."""
+        proof = sign_command(
+            self._keyring(),
+            workflow_id=workflow_id,
+            action=action,
+            payload=command,
+            now=self._clock(),
+            validity=self._validity,
+        )
+        return command.model_copy(update={PROOF_FIELD: proof})
 
 
 class SeenProofs:

@@ -19,6 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.market_providers import MarketDataProvider, SimulatedMarketData
+from activities.policy import WorkerTrust
+from hitl.keys import KeyPurpose, KeyringFile
 from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from hitl.settings import get_settings
@@ -121,6 +123,9 @@ class Gateway:
     notifier: RecordingNotifier
     task_queue: str
     policy: ApprovalPolicy
+    """The worker's policy; a test may replace it while approvals wait (the allow-list is read
+    at decision time)."""
+    trust: WorkerTrust | None = None
 
     def new_worker(self, *, max_cached_workflows: int = 100) -> Worker:
         """Another worker on the same task queue, with the same dependencies."""
@@ -132,8 +137,10 @@ class Gateway:
                 provider=self.provider,
                 notifier=self.notifier,
                 client=self.env.client,
+                trust=self.trust,
             ),
             max_cached_workflows=max_cached_workflows,
+            trust=self.trust,
         )
 
 
@@ -175,15 +182,25 @@ async def start_gateway(
     task_queue = f"hitl-test-{uuid.uuid4().hex[:8]}"
     market = SimulatedMarketData(jitter_percent=Decimal(0))
     notifier = RecordingNotifier()
+    # The worker's policy is the test's (read through the gateway, so a test may change it).
+    trust = WorkerTrust(
+        keyring=KeyringFile(get_settings().keys_dir, KeyPurpose.COMMANDS).current,
+        policy=lambda: gw.policy,
+    )
     worker = build_worker(
         env.client,
         task_queue=task_queue,
         activities=activities_for(
-            sessions=sessions, provider=provider or market, notifier=notifier, client=env.client
+            sessions=sessions,
+            provider=provider or market,
+            notifier=notifier,
+            client=env.client,
+            trust=trust,
         ),
         max_cached_workflows=max_cached_workflows,
+        trust=trust,
     )
-    return Gateway(
+    gw = Gateway(
         env=env,
         client=ApprovalClient(env.client, task_queue=task_queue),
         worker=worker,
@@ -193,7 +210,9 @@ async def start_gateway(
         notifier=notifier,
         task_queue=task_queue,
         policy=make_policy(**policy),
+        trust=trust,
     )
+    return gw
 
 
 @pytest.fixture(params=[100, 0], ids=["cached", "no-cache"])

@@ -21,12 +21,15 @@ with workflow.unsafe.imports_passed_through():
     from activities.market_quotes import MarketDataActivities
     from activities.notifications import NotificationActivities
     from activities.persistence import PersistenceActivities
+    from activities.policy import PolicyActivities, WorkerTrust, trust_for
     from hitl.decisions import Refusal, refusal_of_decision, refusal_of_standing
     from hitl.errors import ErrorCode
     from hitl.lifecycle import TERMINAL_STATES, validate_transition
     from hitl.market import MarketQuote
     from hitl.messages import (
         SYSTEM_ACTOR,
+        AdmitApprovalInput,
+        ApprovalPolicy,
         ApprovalWorkflowInput,
         DecisionCommand,
         FetchQuoteInput,
@@ -48,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionReason,
         TradeStatus,
     )
+    from hitl.signing import CommandAction, CommandProof, SeenProofs
     from hitl.slippage import SlippageGuard
 
 DB_TIMEOUT = timedelta(seconds=30)
@@ -67,6 +71,12 @@ NOTIFY_RETRY = RetryPolicy(
 LOCAL_ACTIVITIES = "local-activities"
 """Patch id: approvals started from this version on run their short reads and writes as local
 activities (the benchmark's tuning); older histories replay with regular ones."""
+
+SIGNED_COMMANDS = "signed-commands"
+"""Patch id: approvals started from this version on are admitted by the worker first (the start
+must carry the gateway's proof) and take the worker's policy, recorded in history; older
+histories replay with the policy their input carried. Their unsigned Guardian signal is ignored."""
+ADMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
@@ -90,6 +100,10 @@ class ApprovalWorkflow:
     @workflow.init
     def __init__(self, data: ApprovalWorkflowInput) -> None:
         self._input = data
+        # The worker's policy, once admitted; histories from before SIGNED_COMMANDS use theirs.
+        self._policy: ApprovalPolicy | None = None
+        self._seen = SeenProofs()
+        """Proofs this approval accepted that still hold: the same one twice is a replay."""
         self._approval: ApprovalRequest | None = None
         self._snapshot: PostTradeSnapshot | None = None
         self._lock = asyncio.Lock()
@@ -101,7 +115,7 @@ class ApprovalWorkflow:
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
         """Record the request, wait for a decision or the deadline, then follow the trade."""
-        policy = data.policy
+        policy = await self._admit(data)
         now = workflow.now()
         draft = ApprovalRequest.from_proposal(
             data.proposal,
@@ -137,6 +151,67 @@ class ApprovalWorkflow:
         await asyncio.gather(*self._notices)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._current
+
+    async def _admit(self, data: ApprovalWorkflowInput) -> ApprovalPolicy:
+        """The first thing an approval does: the worker checks the start is the gateway's and
+        gives its policy. A refused start ends here, having written nothing and told nobody."""
+        signed = workflow.patched(SIGNED_COMMANDS)
+        # Asked here, before the admission's local activity, so that its marker comes first in
+        # new histories too: on replay a patch marker recorded after a local activity in the
+        # same workflow task is not seen in time (a nondeterminism error with no workflow cache).
+        workflow.patched(LOCAL_ACTIVITIES)
+        if signed:
+            admission = await workflow.execute_local_activity_method(
+                PolicyActivities.admit_approval,
+                AdmitApprovalInput(workflow_id=workflow.info().workflow_id, start=data),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=ADMIT_RETRY,
+            )
+            if admission.error_code is not None:
+                _fail(
+                    ErrorCode.from_code(admission.error_code),
+                    "the start was not the gateway's; nothing was recorded",
+                )
+            assert admission.policy is not None, "an admitted start has the worker's policy"
+            self._policy = admission.policy
+        else:
+            assert data.policy is not None, "histories from before the worker's policy carry one"
+            self._policy = data.policy
+        return self._policy
+
+    @property
+    def _policy_now(self) -> ApprovalPolicy:
+        assert self._policy is not None, "the policy is set before anything reads it"
+        return self._policy
+
+    def _trust(self) -> WorkerTrust:
+        trust = trust_for(workflow.info().task_queue)
+        if trust is None:
+            _fail(ErrorCode.CONFIGURATION, "this worker has no commands keyring")
+        return trust
+
+    def _check_proof(
+        self, proof: CommandProof | None, action: CommandAction, payload: Any, claimed_by: str
+    ) -> WorkerTrust:
+        """In a validator: refuse (SEC-092/093) a command the gateway did not sign for this
+        approval and action, or one already used; nothing reaches history or the database."""
+        trust = self._trust()
+        refused = trust.refusal(
+            proof,
+            workflow_id=workflow.info().workflow_id,
+            action=action,
+            payload=payload,
+            claimed_by=claimed_by,
+            seen=self._seen,
+        )
+        if refused is not None:
+            _fail(refused, f"{action.value} refused: not a valid command of the gateway")
+        return trust
+
+    def _accepted(self, proof: CommandProof | None) -> None:
+        """Remember a proof once its command is accepted (handlers rebuild this on replay)."""
+        if proof is not None:
+            self._seen.remember(proof, now=workflow.now())
 
     @property
     def _current(self) -> ApprovalRequest:
@@ -201,8 +276,25 @@ class ApprovalWorkflow:
 
     @workflow.signal
     def guardian_locked(self, notice: GuardianLockNotice) -> None:
-        """The Guardian locked and rejected this approval: adopt that and end."""
+        """The notice as a signal, from before notices were signed: kept for replaying those
+        histories only. A signal is in history before anything can check it, so in a new run
+        it is ignored (the signed ``adopt_guardian_lock`` Update replaces it)."""
+        if workflow.patched(SIGNED_COMMANDS):
+            workflow.logger.warning("unsigned guardian_locked signal ignored")
+            return
         self._guardian = notice
+
+    @workflow.update
+    def adopt_guardian_lock(self, notice: GuardianLockNotice) -> None:
+        """The Guardian locked and rejected this approval: adopt that and end."""
+        self._accepted(notice.proof)
+        if self._guardian is None:
+            self._guardian = notice
+
+    @adopt_guardian_lock.validator
+    def _validate_adopt_guardian_lock(self, notice: GuardianLockNotice) -> None:
+        self._check_proof(notice.proof, CommandAction.LOCK_NOTICE, notice, notice.locked_by)
+        self._accepted(notice.proof)
 
     async def _adopt_guardian_rejection(self, notice: GuardianLockNotice) -> None:
         async with self._lock:
@@ -239,19 +331,27 @@ class ApprovalWorkflow:
         self._validate_decision(command, Decision.REJECT)
 
     def _validate_decision(self, command: DecisionCommand, decision: Decision) -> None:
-        # Validators write nothing to history: refusals here cost the workflow nothing.
+        # Validators write nothing to history: refusals here cost the workflow nothing. They do
+        # not run on replay either, so they may read the worker's current keyring and
+        # allow-list: an operator removed while the approval waits can no longer decide it.
+        action = CommandAction.APPROVE if decision is Decision.APPROVE else CommandAction.REJECT
+        trust = self._check_proof(command.proof, action, command, command.operator_id)
         refusal = refusal_of_decision(
             command,
             decision,
-            allowed_operators=self._input.policy.allowed_operators,
+            allowed_operators=trust.policy().allowed_operators,
             guardian=self._guardian,
             approval=self._approval,
             now=workflow.now(),
         )
         if refusal is not None:
             _refuse(refusal)
+        # Remembered here too: two copies in one workflow task pass validation before either
+        # handler runs.
+        self._accepted(command.proof)
 
     async def _decide(self, command: DecisionCommand, decision: Decision) -> ApprovalRequest:
+        self._accepted(command.proof)
         try:
             return await self._apply_decision(command, decision)
         finally:
@@ -299,7 +399,7 @@ class ApprovalWorkflow:
                 )
             quote = await self._quote(approval.instrument, command.correlation_id)
             current_price = quote.execution_price(approval.side)
-            within, deviation = SlippageGuard(self._input.policy.slippage_max_percent).validate(
+            within, deviation = SlippageGuard(self._policy_now.slippage_max_percent).validate(
                 approval.request_price, current_price
             )
             market = {
@@ -307,7 +407,7 @@ class ApprovalWorkflow:
                 "ask": str(quote.ask),
                 "current_price": str(current_price),
                 "deviation_pct": str(deviation),
-                "max_slippage_pct": str(self._input.policy.slippage_max_percent),
+                "max_slippage_pct": str(self._policy_now.slippage_max_percent),
             }
             if not within:
                 rejected = await self._record(
@@ -322,7 +422,7 @@ class ApprovalWorkflow:
                 )
                 _fail(
                     ErrorCode.SLIPPAGE_EXCEEDED,
-                    f"price moved {deviation}% (limit {self._input.policy.slippage_max_percent}%)",
+                    f"price moved {deviation}% (limit {self._policy_now.slippage_max_percent}%)",
                     rejected.to_dict(),
                 )
             return await self._record(
@@ -424,7 +524,7 @@ class ApprovalWorkflow:
                 activity_name,
                 NotifyInput(approval=approval, event=activity_name),
                 start_to_close_timeout=NOTIFY_TIMEOUT,
-                schedule_to_close_timeout=timedelta(seconds=self._input.policy.timeout_seconds),
+                schedule_to_close_timeout=timedelta(seconds=self._policy_now.timeout_seconds),
                 retry_policy=NOTIFY_RETRY,
             )
         except ActivityError as exc:
@@ -447,6 +547,7 @@ class ApprovalWorkflow:
     @workflow.update
     async def advance(self, command: LifecycleCommand) -> ApprovalRequest:
         """The bot reports the trade FILLED, CLOSED or SETTLED; anything else is SEC-030."""
+        self._accepted(command.proof)
         await workflow.wait_condition(lambda: self._approval is not None)
         async with self._lock:
             approval = self._current
@@ -486,6 +587,11 @@ class ApprovalWorkflow:
                 ),
             )
             return self._approval
+
+    @advance.validator
+    def _validate_advance(self, command: LifecycleCommand) -> None:
+        self._check_proof(command.proof, CommandAction.ADVANCE, command, command.reported_by)
+        self._accepted(command.proof)
 
     @workflow.update
     async def decision(self) -> ApprovalRequest:

@@ -1,35 +1,32 @@
 """ApprovalClient: start approvals and send them decisions without knowing Temporal's API.
 
-The API uses it, and so can a bot in Python::
-
-    client = await ApprovalClient.connect("127.0.0.1:7233")
-    handle = await client.request_approval(proposal, requested_by="bot-1")
-    final = await handle.outcome()   # ApprovalRequest, ACCEPTED or REJECTED
+Internal to the gateway's own processes (the API, the worker, the Discord bot): every command it
+sends carries the gateway's proof (``hitl.signing``), signed with the commands keyring. Bots use
+the HTTP client in ``hitl_client`` instead, with their token; they never reach Temporal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from hitl.decisions import refusal_for_decided
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import (
-    ApprovalPolicy,
     ApprovalWorkflowInput,
     DecisionCommand,
     GuardianCommand,
@@ -39,8 +36,12 @@ from hitl.messages import (
     workflow_id_for,
 )
 from hitl.models import ApprovalRequest, Decision, TradeProposal
+from hitl.settings import get_settings
+from hitl.signing import CommandAction, CommandSigner
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
+
+CommandT = TypeVar("CommandT", DecisionCommand, LifecycleCommand)
 
 _UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
@@ -66,8 +67,11 @@ def _error_from_failure(exc: BaseException) -> HITLError:
 class ApprovalHandle:
     """One trade's approval."""
 
-    def __init__(self, handle: WorkflowHandle[ApprovalWorkflow, ApprovalRequest]) -> None:
+    def __init__(
+        self, handle: WorkflowHandle[ApprovalWorkflow, ApprovalRequest], signer: CommandSigner
+    ) -> None:
         self._handle = handle
+        self._signer = signer
 
     @property
     def workflow_id(self) -> str:
@@ -91,11 +95,13 @@ class ApprovalHandle:
 
     async def approve(self, command: DecisionCommand) -> ApprovalRequest:
         """Approve; returns the final record or raises HITLError (SEC-050, SEC-012, ...)."""
-        return await self._decide(ApprovalWorkflow.approve, command, Decision.APPROVE)
+        signed = self._sign(command, CommandAction.APPROVE)
+        return await self._decide(ApprovalWorkflow.approve, signed, Decision.APPROVE)
 
     async def reject(self, command: DecisionCommand) -> ApprovalRequest:
         """Reject; returns the final record or raises HITLError."""
-        return await self._decide(ApprovalWorkflow.reject, command, Decision.REJECT)
+        signed = self._sign(command, CommandAction.REJECT)
+        return await self._decide(ApprovalWorkflow.reject, signed, Decision.REJECT)
 
     async def advance(self, command: LifecycleCommand) -> ApprovalRequest:
         """Report FILLED, CLOSED or SETTLED; raises HITLError SEC-030 for anything else."""
@@ -109,7 +115,11 @@ class ApprovalHandle:
                 approval=final,
             )
 
-        return await self._update(ApprovalWorkflow.advance, command, when_completed)
+        signed = self._sign(command, CommandAction.ADVANCE)
+        return await self._update(ApprovalWorkflow.advance, signed, when_completed)
+
+    def _sign(self, command: CommandT, action: CommandAction) -> CommandT:
+        return self._signer.sign(command, workflow_id=self._handle.id, action=action)
 
     async def _decide(
         self, update: Any, command: DecisionCommand, decision: Decision
@@ -155,6 +165,12 @@ class ApprovalHandle:
             if exc.status is RPCStatusCode.NOT_FOUND:
                 return None
             raise self._rpc_error(exc) from exc
+        if description.status is WorkflowExecutionStatus.FAILED:
+            # A start the worker refused (SEC-092/093): say why, not "no such approval".
+            try:
+                await self._handle.result()
+            except WorkflowFailureError as exc:
+                raise _error_from_failure(exc) from exc
         if description.status is not WorkflowExecutionStatus.COMPLETED:
             return None
         return await self._handle.result()
@@ -169,21 +185,18 @@ class ApprovalHandle:
 
 
 class ApprovalClient:
-    """Starts approvals and finds them again, by trade id."""
+    """Starts approvals and finds them again, by trade id; signs every command it sends."""
 
-    def __init__(self, client: Client, *, task_queue: str = "hitl-approvals") -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str = "hitl-approvals",
+        signer: CommandSigner | None = None,
+    ) -> None:
         self._client = client
         self._task_queue = task_queue
-
-    @classmethod
-    async def connect(
-        cls, address: str, *, namespace: str = "default", task_queue: str = "hitl-approvals"
-    ) -> ApprovalClient:
-        """Connect to Temporal with the data converter our models need."""
-        client = await Client.connect(
-            address, namespace=namespace, data_converter=pydantic_data_converter
-        )
-        return cls(client, task_queue=task_queue)
+        self._signer = signer or default_signer()
 
     @property
     def temporal(self) -> Client:
@@ -191,18 +204,21 @@ class ApprovalClient:
         return self._client
 
     async def request_approval(
-        self,
-        proposal: TradeProposal,
-        *,
-        requested_by: str,
-        policy: ApprovalPolicy,
+        self, proposal: TradeProposal, *, requested_by: str
     ) -> ApprovalHandle:
-        """Start the approval of ``proposal``; HITLError SEC-011 if the trade already has one."""
+        """Start the approval of ``proposal`` (under the worker's policy, which the start does
+        not carry); HITLError SEC-011 if the trade already has one."""
+        workflow_id = workflow_id_for(proposal.trade_id)
+        start = self._signer.sign(
+            ApprovalWorkflowInput(proposal=proposal, requested_by=requested_by),
+            workflow_id=workflow_id,
+            action=CommandAction.START,
+        )
         try:
             handle = await self._client.start_workflow(
                 ApprovalWorkflow.run,
-                ApprovalWorkflowInput(proposal=proposal, requested_by=requested_by, policy=policy),
-                id=workflow_id_for(proposal.trade_id),
+                start,
+                id=workflow_id,
                 task_queue=self._task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -214,34 +230,51 @@ class ApprovalClient:
             ) from exc
         except RPCError as exc:
             raise ApprovalHandle._rpc_error(exc) from exc
-        return ApprovalHandle(handle)
+        return ApprovalHandle(handle, self._signer)
 
     def approval(self, trade_id: UUID) -> ApprovalHandle:
         """The approval of ``trade_id`` (not checked to exist until used)."""
         return ApprovalHandle(
-            self._client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id_for(trade_id))
+            self._client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id_for(trade_id)),
+            self._signer,
         )
+
+
+def default_signer() -> CommandSigner:
+    """The signer over the commands keyring the settings name (SEC-040 when it is missing)."""
+    return CommandSigner.from_keys_dir(get_settings().keys_dir)
 
 
 class GuardianClient:
     """Locks and unlocks the Guardian through its workflow (started on first use)."""
 
-    def __init__(self, client: Client, *, task_queue: str = "hitl-approvals") -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str = "hitl-approvals",
+        signer: CommandSigner | None = None,
+    ) -> None:
         self._client = client
         self._task_queue = task_queue
+        self._signer = signer or default_signer()
 
     async def lock(self, command: GuardianCommand) -> GuardianStatus:
         """Lock; returns once acknowledged (every pending approval already rejected)."""
-        return await self._update(GuardianWorkflow.lock, command)
+        return await self._update(GuardianWorkflow.lock, command, CommandAction.GUARDIAN_LOCK)
 
     async def unlock(self, command: GuardianCommand) -> GuardianStatus:
         """Unlock."""
-        return await self._update(GuardianWorkflow.unlock, command)
+        return await self._update(GuardianWorkflow.unlock, command, CommandAction.GUARDIAN_UNLOCK)
 
-    async def _update(self, update: Any, command: GuardianCommand) -> GuardianStatus:
+    async def _update(
+        self, update: Any, command: GuardianCommand, action: CommandAction
+    ) -> GuardianStatus:
+        workflow_id = guardian_workflow_id(self._task_queue)
+        command = self._signer.sign(command, workflow_id=workflow_id, action=action)
         start = WithStartWorkflowOperation(
             GuardianWorkflow.run,
-            id=guardian_workflow_id(self._task_queue),
+            id=workflow_id,
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

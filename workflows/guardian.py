@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.guardian import GuardianActivities
     from activities.notifications import NotificationActivities
+    from activities.policy import trust_for
+    from hitl.errors import ErrorCode
     from hitl.messages import (
+        GuardianCarry,
         GuardianCascadeSummary,
         GuardianCommand,
         GuardianFanOut,
         GuardianLockNotice,
         GuardianStatus,
     )
+    from hitl.signing import CommandAction, SeenProofs
 
 DB_TIMEOUT = timedelta(seconds=60)
 DB_RETRY = RetryPolicy(
@@ -34,17 +40,25 @@ CONTINUE_AS_NEW_AFTER = 200
 """Operations before the history is started afresh (each lock adds a handful of events)."""
 
 
+def _fail(error: ErrorCode, message: str) -> NoReturn:
+    raise ApplicationError(f"{error.code}: {message}", type=error.code, non_retryable=True)
+
+
 @workflow.defn(name="GuardianWorkflow")
 class GuardianWorkflow:
     """Applies Guardian locks and unlocks in order and fans each lock out."""
 
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, carried: GuardianCarry | None = None) -> None:
+        # Lock and unlock carry the gateway's proof; one seen before is a replay (an unlock
+        # captured and sent again after a new lock must not release it).
+        self._seen = SeenProofs(carried.seen if carried is not None else None)
         self._lock = asyncio.Lock()
         self._fan_outs: list[tuple[GuardianFanOut, GuardianCascadeSummary]] = []
         self._operations = 0
 
     @workflow.run
-    async def run(self) -> None:
+    async def run(self, carried: GuardianCarry | None = None) -> None:
         """Work through fan-outs as locks queue them; start afresh now and then."""
         while True:
             await workflow.wait_condition(
@@ -70,12 +84,13 @@ class GuardianWorkflow:
                 await workflow.wait_condition(
                     lambda: workflow.all_handlers_finished() and not self._fan_outs
                 )
-                workflow.continue_as_new()
+                workflow.continue_as_new(GuardianCarry(seen=self._seen.entries))
 
     @workflow.update
     async def lock(self, command: GuardianCommand) -> GuardianStatus:
         """Lock: returns once the lock is acknowledged (committed with every pending approval
         rejected); the approvals' workflows are told afterwards."""
+        self._accepted(command)
         async with self._lock:
             self._operations += 1
             result = await workflow.execute_activity_method(
@@ -110,6 +125,7 @@ class GuardianWorkflow:
     @workflow.update
     async def unlock(self, command: GuardianCommand) -> GuardianStatus:
         """Unlock."""
+        self._accepted(command)
         async with self._lock:
             self._operations += 1
             return await workflow.execute_activity_method(
@@ -118,3 +134,35 @@ class GuardianWorkflow:
                 start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=DB_RETRY,
             )
+
+    @lock.validator
+    def _validate_lock(self, command: GuardianCommand) -> None:
+        self._check(command, CommandAction.GUARDIAN_LOCK)
+
+    @unlock.validator
+    def _validate_unlock(self, command: GuardianCommand) -> None:
+        self._check(command, CommandAction.GUARDIAN_UNLOCK)
+
+    def _check(self, command: GuardianCommand, action: CommandAction) -> None:
+        """Refuse (SEC-092/093, nothing in history) what the gateway did not sign for this
+        Guardian and action, or a proof already used. Validators do not run on replay, so the
+        worker's current keyring may be read here."""
+        trust = trust_for(workflow.info().task_queue)
+        if trust is None:
+            _fail(ErrorCode.CONFIGURATION, "this worker has no commands keyring")
+        refused = trust.refusal(
+            command.proof,
+            workflow_id=workflow.info().workflow_id,
+            action=action,
+            payload=command,
+            claimed_by=command.by,
+            seen=self._seen,
+        )
+        if refused is not None:
+            _fail(refused, f"{action.value} refused: not a valid command of the gateway")
+        self._accepted(command)
+
+    def _accepted(self, command: GuardianCommand) -> None:
+        # In the validator (two copies in one task) and the handler (so replay rebuilds it).
+        if command.proof is not None:
+            self._seen.remember(command.proof, now=workflow.now())

@@ -98,9 +98,7 @@ async def create_request(
         correlation_id=body.correlation_id or correlation_id,
     )
     handle = await services.bounded(
-        services.approvals.request_approval(
-            proposal, requested_by=bot.id, policy=services.settings.policy()
-        ),
+        services.approvals.request_approval(proposal, requested_by=bot.id),
     )
     approval = await services.bounded(handle.recorded())
     return CreatedApproval(

@@ -285,7 +285,7 @@ async def test_correlation_id_is_taken_from_the_header_and_reaches_the_audit_log
 async def expiring_api(
     dev_env: WorkflowEnvironment, sqlite_url: str, sqlite_sessions: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[Api]:
-    gw = await start_gateway(dev_env, sqlite_sessions)
+    gw = await start_gateway(dev_env, sqlite_sessions, timeout_seconds=1)  # the worker's policy
     async with gw.worker:
         async for client in start_api(gw, sqlite_url, timeout_seconds=1):
             yield client

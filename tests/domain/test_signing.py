@@ -247,3 +247,22 @@ def test_seen_proofs_remember_what_still_holds() -> None:
     seen.remember(other, now=proof.not_after + CLOCK_SKEW + timedelta(seconds=1))
     assert proof not in seen and other in seen
     assert SeenProofs(seen.entries).entries == seen.entries
+
+
+def test_a_signer_signs_a_command_under_the_active_key_at_its_clock() -> None:
+    from hitl.errors import ErrorCode
+    from hitl.messages import GuardianCommand
+    from hitl.signing import CommandSigner
+
+    signer = CommandSigner(lambda: RING, clock=lambda: T0)
+    command = GuardianCommand(reason="drawdown", by="admin", correlation_id="c")
+    signed = signer.sign(command, workflow_id="g", action=CommandAction.GUARDIAN_LOCK)
+    assert signed.proof is not None and signed.proof.issued_at == T0
+    assert signed.model_copy(update={"proof": None}) == command
+    assert _verify(signed.proof, "g", CommandAction.GUARDIAN_LOCK, signed, T0) is None
+    unlock = signed.model_copy(update={"reason": "all clear"})
+    assert _verify(signed.proof, "g", CommandAction.GUARDIAN_LOCK, unlock, T0) is (
+        Refusal.NOT_SIGNED
+    )
+    assert Refusal.NOT_SIGNED.error is ErrorCode.COMMAND_NOT_SIGNED
+    assert Refusal.EXPIRED.error is Refusal.REPLAYED.error is ErrorCode.COMMAND_EXPIRED

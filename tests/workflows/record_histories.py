@@ -61,7 +61,7 @@ async def _record(tag: str) -> None:
             # approve, then the whole lifecycle
             proposal = make_proposal(gw.market)
             handle = await gw.client.request_approval(
-                proposal, requested_by="bot", policy=gw.policy
+                proposal, requested_by="bot"
             )
             await handle.approve(decide)
             for target in (TradeStatus.FILLED, TradeStatus.CLOSED, TradeStatus.SETTLED):
@@ -72,14 +72,14 @@ async def _record(tag: str) -> None:
             # reject
             proposal = make_proposal(gw.market, "BTC-USD")
             handle = await gw.client.request_approval(
-                proposal, requested_by="bot", policy=gw.policy
+                proposal, requested_by="bot"
             )
             await handle.reject(decide)
             paths["reject"] = handle.workflow_id
             # slippage
             proposal = make_proposal(gw.market, "ETH-USD")
             handle = await gw.client.request_approval(
-                proposal, requested_by="bot", policy=gw.policy
+                proposal, requested_by="bot"
             )
             gw.market.set_price("ETH-USD", proposal.request_price * Decimal("1.02"))
             with contextlib.suppress(HITLError):  # SEC-050 is the expected outcome here
@@ -88,14 +88,14 @@ async def _record(tag: str) -> None:
             # expire
             proposal = make_proposal(gw.market, "SOL-USD")
             handle = await gw.client.request_approval(
-                proposal, requested_by="bot", policy=gw.policy
+                proposal, requested_by="bot"
             )
             await env.sleep(gw.policy.timeout_seconds + 10)
             paths["expire"] = handle.workflow_id
             # a Guardian lock rejects a pending approval, which adopts the rejection
             proposal = make_proposal(gw.market, "XRP-USD")
             handle = await gw.client.request_approval(
-                proposal, requested_by="bot", policy=gw.policy
+                proposal, requested_by="bot"
             )
             await handle.recorded()
             guardian = GuardianClient(env.client, task_queue=gw.task_queue)

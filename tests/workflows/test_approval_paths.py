@@ -55,7 +55,7 @@ async def audits(gw: Gateway, trade_id: uuid.UUID) -> list[AuditRow]:
 
 async def requested(gw: Gateway) -> tuple[uuid.UUID, ApprovalRequest]:
     proposal = make_proposal(gw.market)
-    handle = await gw.client.request_approval(proposal, requested_by="bot-1", policy=gw.policy)
+    handle = await gw.client.request_approval(proposal, requested_by="bot-1")
     await wait_until(lambda: handle.current())
     approval = await handle.current()
     assert approval is not None
@@ -210,9 +210,9 @@ async def test_same_operator_repeating_gets_the_standing_result(gateway: Gateway
 
 async def test_second_request_for_the_same_trade_is_refused(gateway: Gateway) -> None:
     proposal = make_proposal(gateway.market)
-    await gateway.client.request_approval(proposal, requested_by="bot-1", policy=gateway.policy)
+    await gateway.client.request_approval(proposal, requested_by="bot-1")
     with pytest.raises(HITLError) as raised:
-        await gateway.client.request_approval(proposal, requested_by="bot-1", policy=gateway.policy)
+        await gateway.client.request_approval(proposal, requested_by="bot-1")
     assert raised.value.error is ErrorCode.DUPLICATE_REQUEST
 
 

@@ -45,7 +45,7 @@ async def test_property_7_expired_requests_are_auto_rejected(skipping_gateway: G
     gw = skipping_gateway
     before = sample("hitl_rejections_total", reason="HITL_TIMEOUT")
     proposal = make_proposal(gw.market)
-    handle = await gw.client.request_approval(proposal, requested_by="bot-1", policy=gw.policy)
+    handle = await gw.client.request_approval(proposal, requested_by="bot-1")
     # Skip past the 300 s deadline explicitly: the test server's automatic skipping inside
     # result() gives up on a long poll ("No completion event found").
     await gw.env.sleep(gw.policy.timeout_seconds + 10)
@@ -76,7 +76,7 @@ async def test_property_15_hitl_disabled_mode_auto_approves(
     gw = await start_gateway(skipping_env, sqlite_sessions, enabled=False)
     async with gw.worker:
         proposal = make_proposal(gw.market)
-        handle = await gw.client.request_approval(proposal, requested_by="bot-1", policy=gw.policy)
+        handle = await gw.client.request_approval(proposal, requested_by="bot-1")
         decided = await handle.outcome()
         assert decided.status is TradeStatus.ACCEPTED
         assert decided.decision_reason is DecisionReason.HITL_DISABLED

@@ -161,11 +161,9 @@ async def test_pending_approvals_and_timers_survive_a_dev_server_restart(
         async with gw.worker:
             expires_during_outage = (await requested(gw))[0]
             long_lived = make_proposal(gw.market)
-            await gw.client.request_approval(
-                long_lived,
-                requested_by="bot-1",
-                policy=gw.policy.model_copy(update={"timeout_seconds": 300}),
-            )
+            # The worker's policy applies at start: this one gets 300 s.
+            gw.policy = gw.policy.model_copy(update={"timeout_seconds": 300})
+            await gw.client.request_approval(long_lived, requested_by="bot-1")
             await wait_until(lambda: stored(gw, long_lived.trade_id))
     finally:
         server.terminate()

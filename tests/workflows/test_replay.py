@@ -27,6 +27,11 @@ def test_every_path_has_a_history() -> None:
     assert stems >= {
         f"{path}-v3" for path in ("approve", "reject", "slippage", "expire", "guardian")
     }
+    # v4: signed commands, the worker's policy recorded at start, the signed lock notice
+    assert stems >= {
+        f"{path}-v4"
+        for path in ("approve", "reject", "slippage", "expire", "guardian", "guardian-workflow")
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
