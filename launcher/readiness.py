@@ -15,7 +15,7 @@ from temporalio.client import Client
 from hitl.settings import Settings
 from launcher.errors import StartupError
 from launcher.supervisor import Child, Supervisor
-from workflows.connection import connect_temporal, gateway_data_converter, tls_config
+from workflows.connection import connect_temporal
 
 T = TypeVar("T")
 
@@ -52,9 +52,6 @@ async def _retry_until(
 
 async def wait_for_temporal(settings: Settings, supervisor: Supervisor) -> Client:
     """A client of the Temporal server, once it answers and knows our namespace."""
-    # A bad TLS file or a missing payloads keyring is SEC-040 at once, not "not ready yet".
-    tls_config(settings.temporal)
-    gateway_data_converter(settings)
 
     async def attempt() -> Client:
         async with asyncio.timeout(5):

@@ -20,10 +20,12 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hitl.errors import ConfigurationError
+from hitl.keys import ensure_keyrings
 from hitl.logs import configure_logging
 from hitl.settings import Settings
 from launcher.addresses import answers, is_local, split_address, url_host
@@ -34,6 +36,7 @@ from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, ChildExited, Start
 from launcher.readiness import wait_for_api, wait_for_temporal, wait_for_worker
 from launcher.supervisor import Child, Supervisor
 from migrations.runner import upgrade_to_head
+from workflows.connection import gateway_data_converter, tls_config
 
 T = TypeVar("T")
 
@@ -242,6 +245,11 @@ def run_gateway(*, demo: bool = False, demo_interval: float = DEMO_INTERVAL_SECO
     try:
         settings, dev_tokens = apply_dev_defaults()
         split_address(settings.temporal.address)
+        # First start: the keyrings (0600 in a 0700 folder); later starts reuse them.
+        ensure_keyrings(settings.keys_dir, now=datetime.now(UTC))
+        # A bad TLS file or a broken payloads keyring is SEC-040 now, not "Temporal not ready".
+        tls_config(settings.temporal)
+        gateway_data_converter(settings)
         demo_bot: tuple[str, str] | None = None
         if demo:
             demo_bot = first_token_of_role(settings.api.tokens.get_secret_value(), "bot")
