@@ -23,10 +23,12 @@ $(BOOTSTRAP)/bin/uv: requirements/bootstrap.txt
 	touch $@
 
 # The lock, installed exactly (sync removes what it does not list), then the project itself,
-# editable and built with the locked setuptools.
-$(STAMP): $(LOCK) pyproject.toml | $(UV)
+# editable and built with the locked setuptools. Compiled to bytecode at install time, as pip
+# does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile every module
+# it imports, each time (tens of seconds for the API under load).
+$(STAMP): $(LOCK) pyproject.toml Makefile | $(UV)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes --compile-bytecode $(LOCK)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
