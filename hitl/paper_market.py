@@ -44,12 +44,13 @@ def market_kind(settings: Settings) -> MarketKind:
     """The market this deployment quotes, refusing an ambiguous one (SEC-040).
 
     ``HITL_MARKET`` decides when set. Unset, ``MARKET_DATA_URL`` means http, and the paper market
-    is chosen only for the embedded default (no ``DATABASE_URL``): a deployment on its own
-    database must say ``HITL_MARKET=simulated`` to check real trades against a paper market.
+    is chosen only for the embedded default (SQLite): a deployment on its own database server
+    (the compose stack, any PostgreSQL ``DATABASE_URL``) must say ``HITL_MARKET=simulated`` to
+    check real trades against a paper market.
 
     Raises:
         ConfigurationError: ``HITL_MARKET=http`` without ``MARKET_DATA_URL``, or neither set on
-            a deployment that is not the embedded default.
+            a deployment that is not on SQLite.
     """
     chosen = settings.market.market
     if chosen == MarketKind.HTTP.value:
@@ -63,12 +64,12 @@ def market_kind(settings: Settings) -> MarketKind:
         return MarketKind.SIMULATED
     if settings.market_data.url:
         return MarketKind.HTTP
-    if settings.database.url:
+    if not settings.database_url.startswith("sqlite"):
         raise ConfigurationError(
             "HITL_MARKET",
-            "is required outside the embedded default (DATABASE_URL is set and MARKET_DATA_URL"
-            " is not): set MARKET_DATA_URL=<quotes service> for real prices, or HITL_MARKET="
-            "simulated to quote the paper market on purpose",
+            "is required outside the embedded default (DATABASE_URL is not SQLite and"
+            " MARKET_DATA_URL is not set): set MARKET_DATA_URL=<quotes service> for real prices,"
+            " or HITL_MARKET=simulated to quote the paper market on purpose",
         )
     return MarketKind.SIMULATED
 

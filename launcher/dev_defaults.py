@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from hitl.paper_market import market_kind
 from hitl.settings import Settings, load_settings
 from launcher.errors import StartupError
 
@@ -86,7 +87,8 @@ def apply_dev_defaults() -> tuple[Settings, dict[str, str] | None]:
         The settings, and the development tokens (``None`` when ``HITL_API_TOKENS`` was given).
 
     Raises:
-        ConfigurationError: A setting is missing or invalid (SEC-040).
+        ConfigurationError: A setting is missing or invalid, or the market is ambiguous: a
+            PostgreSQL ``DATABASE_URL`` without ``MARKET_DATA_URL`` or ``HITL_MARKET`` (SEC-040).
         StartupError: The tokens file is unusable.
     """
     if _unset(os.environ, "HITL_ALLOWED_OPERATORS"):
@@ -98,7 +100,10 @@ def apply_dev_defaults() -> tuple[Settings, dict[str, str] | None]:
     if _unset(os.environ, "HITL_API_TOKENS"):
         tokens = load_or_create_dev_tokens(data_dir)
         os.environ["HITL_API_TOKENS"] = declared_tokens(tokens)
-    return load_settings(), tokens
+    settings = load_settings()
+    # Refused here, with its one-line fix, rather than by a worker the supervisor then restarts.
+    market_kind(settings)
+    return settings, tokens
 
 
 def first_token_of_role(declared: str, role: str) -> tuple[str, str] | None:

@@ -415,6 +415,7 @@ POSTGRES = "postgresql+asyncpg://hitl:pw@db:5432/hitl"
     ("database", "chosen", "url", "kind"),
     [
         ("", "", "", MarketKind.SIMULATED),
+        ("sqlite+aiosqlite:////srv/hitl/hitl.db", "", "", MarketKind.SIMULATED),
         ("", "", "http://quotes:8080", MarketKind.HTTP),
         (POSTGRES, "", "http://quotes:8080", MarketKind.HTTP),
         (POSTGRES, "simulated", "", MarketKind.SIMULATED),
