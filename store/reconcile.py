@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hitl.hashing import RowHasher
 from hitl.messages import SYSTEM_ACTOR
 from hitl.models import TradeStatus
 from store.audit import AuditEntry, record_audit
+from store.integrity import approval_mac_ok, legacy_approval_last_id
 from store.tables import ApprovalRow, approval_from_row
 
 LIFECYCLE_OPEN: frozenset[TradeStatus] = frozenset(
@@ -38,20 +38,22 @@ class OpenRow:
     status: TradeStatus
     correlation_id: str
     intact: bool
-    """Its row hash matches its content."""
+    """Its MAC matches its content."""
 
 
 async def open_rows(sessions: async_sessionmaker[AsyncSession]) -> list[OpenRow]:
     """Every row AWAITING_APPROVAL or in an open lifecycle state, with whether it is intact."""
     statuses = [TradeStatus.AWAITING_APPROVAL.value, *(s.value for s in LIFECYCLE_OPEN)]
     async with sessions() as session:
+        legacy = await legacy_approval_last_id(session)
         found = (
             await session.execute(select(ApprovalRow).where(ApprovalRow.status.in_(statuses)))
         ).scalars()
         rows: list[OpenRow] = []
         for row in found:
             try:
-                intact = RowHasher.verify(approval_from_row(row))
+                # The keyed MAC, as every integrity check (issue 15).
+                intact = approval_mac_ok(row, approval_from_row(row), legacy_last_id=legacy)
             except ValidationError:  # values no record could hold
                 intact = False
             rows.append(
