@@ -17,6 +17,7 @@ from api.stream_limits import ConnectionCap
 from hitl.errors import ErrorCode, HITLError
 from hitl.principals import Principal, parse_declared_tokens
 from hitl.settings import Settings
+from hitl.signing import CommandSigner
 from store.audit import AuditEntry, record_audit
 from store.engine import AsyncEngine, Sessions, create_engine, session_factory
 from store.events import EventWaker
@@ -54,6 +55,8 @@ class Services:
         failed_logins = FailedLogins(sessions)
         failed_logins.start()
         temporal = await connect_temporal(settings, lazy=True)
+        # Every command the API sends is signed (issue 14); no keyring, no start (SEC-040).
+        signer = CommandSigner.from_keys_dir(settings.keys_dir)
         events = EventWaker(settings.database_url)
         await events.start()
         return cls(
@@ -61,11 +64,15 @@ class Services:
             engine=engine,
             sessions=sessions,
             temporal=temporal,
-            approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),
+            approvals=ApprovalClient(
+                temporal, task_queue=settings.temporal.task_queue, signer=signer
+            ),
             declared_tokens=parse_declared_tokens(settings.api.tokens.get_secret_value()),
             rate_limiter=RateLimiter(settings.api.rate_limit, store=store, namespace="principal"),
             events=events,
-            guardian=GuardianClient(temporal, task_queue=settings.temporal.task_queue),
+            guardian=GuardianClient(
+                temporal, task_queue=settings.temporal.task_queue, signer=signer
+            ),
             failed_logins=failed_logins,
             stream_connections=ConnectionCap(),
             limit_store=store,
