@@ -119,10 +119,14 @@ class Gateway:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self._reader.join(STOP_SECONDS)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        self._log.close()
+        try:
+            self._reader.join(STOP_SECONDS)
+        finally:
+            # Closed even when a time-out interrupts the join: a file left to the garbage
+            # collector fails whichever test runs next with a ResourceWarning.
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self._log.close()
 
 
 @contextlib.contextmanager
