@@ -141,6 +141,8 @@ class Stack:
             "HITL_API_RATE_LIMIT": "100000/second",
             "HITL_TIMEOUT_SECONDS": str(BENCH_TIMEOUT_SECONDS),
             "HITL_WORKER_METRICS_PORT": str(self.metrics_port),
+            # Its own database server: the paper market must be asked for (SEC-040 otherwise).
+            "HITL_MARKET": "simulated",
         }
         if self.config.worker_cache is not None:
             base["HITL_WORKER_MAX_CACHED_WORKFLOWS"] = str(self.config.worker_cache)
