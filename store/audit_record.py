@@ -260,7 +260,10 @@ async def _check_others(connection: AsyncConnection, keys: RecordKeys) -> Findin
     """The Guardian row against its MAC and its trail; each snapshot against its MAC."""
     signer = RecordSigner(keys)
     guardian = (await connection.execute(select(GuardianStateRow))).first()
-    if guardian is not None and guardian.mac is not None:
+    trail = await _last_record_macs(connection, GUARDIAN_TARGET, [GUARDIAN_TARGET])
+    # Without a MAC the row must be as the migration found it: no chained entry records a
+    # Guardian state yet.
+    if guardian is not None and (guardian.mac is not None or GUARDIAN_TARGET in trail):
         values = {name: getattr(guardian, name) for name in GUARDIAN_MAC_FIELDS}
         check = signer.check(
             RecordKind.GUARDIAN,
@@ -269,14 +272,12 @@ async def _check_others(connection: AsyncConnection, keys: RecordKeys) -> Findin
             key_id=guardian.mac_key_id,
             at=guardian.since or _EPOCH,
         )
-        trail = await _last_record_macs(connection, GUARDIAN_TARGET, [GUARDIAN_TARGET])
         if check is not MacCheck.VALID or trail.get(GUARDIAN_TARGET) != guardian.mac:
             return Finding(
                 kind=ProblemKind.UNKNOWN_KEY
                 if check is MacCheck.UNKNOWN_KEY
                 else ProblemKind.EDITED,
                 detail="the Guardian row is not the state its last audit entry recorded",
-                target_id=GUARDIAN_TARGET,
             )
     result = await connection.stream(
         select(PostTradeSnapshotRow)

@@ -266,6 +266,20 @@ async def _rewound_tail(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
     return "BROKEN: missing tail at seq 9: entries after seq 8 are missing: audit-checkpoints"
 
 
+async def _edit_guardian(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE guardian_state SET locked = true"))
+    return "BROKEN: edited: the Guardian row is not the state its last audit entry recorded"
+
+
+async def _unseal_guardian(engine: AsyncEngine, _: list[ApprovalRequest]) -> str:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE guardian_state SET locked = true, mac = NULL, mac_key_id = NULL")
+        )
+    return "BROKEN: edited: the Guardian row is not the state its last audit entry recorded"
+
+
 TAMPERING: dict[str, Tamper] = {
     "edit": _edit_entry,
     "delete first": _delete_first,
@@ -276,6 +290,8 @@ TAMPERING: dict[str, Tamper] = {
     "edit an approval": _edit_approval,
     "put an old approval back": _old_state_back,
     "delete the tail and rewind the head": _rewound_tail,
+    "edit the Guardian row": _edit_guardian,
+    "empty the Guardian row's MAC": _unseal_guardian,
 }
 
 
