@@ -36,8 +36,7 @@ from bench.driver import (
 )
 from bench.floor import run_floor
 from bench.profile import Profile, py_spy, record, summarise
-from bench.stack import OPERATOR, Stack
-from hitl.messages import ApprovalPolicy
+from bench.stack import Stack
 from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
 from store.tables import ApprovalRow, AuditRow
 from workflows.client import ApprovalClient
@@ -315,10 +314,7 @@ class Bench:
         """Lateness of the expiry of approvals created together with a short deadline."""
         assert self.stack.client is not None
         approvals = ApprovalClient(self.stack.client)
-        policy = ApprovalPolicy(
-            timeout_seconds=self.sizes.expiry_timeout_seconds,
-            allowed_operators=frozenset({OPERATOR}),
-        )
+        # The deadline is the worker's policy (issue 14): the stack's HITL_TIMEOUT_SECONDS.
         price = Decimal(REQUEST_PRICE)
 
         async def start(_: int) -> tuple[uuid.UUID, datetime]:
@@ -332,7 +328,7 @@ class Bench:
                 reasoning_summary="benchmark expiry",
                 correlation_id=str(uuid.uuid4()),
             )
-            handle = await approvals.request_approval(proposal, requested_by="bot-1", policy=policy)
+            handle = await approvals.request_approval(proposal, requested_by="bot-1")
             recorded = await handle.recorded()
             return recorded.trade_id, recorded.expires_at
 

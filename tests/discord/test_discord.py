@@ -32,10 +32,12 @@ from activities.deep_links import consume_deep_link, hash_token, issue_deep_link
 from activities.discord_notifier import DiscordNotifier, notifier_from_settings
 from activities.market_providers import SimulatedMarketData
 from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
+from activities.policy import WorkerTrust
 from api.main import create_app
 from api.routes import deep_links
 from discord_bot import ApprovalBot, DecisionDesk, parse_operators, run
 from hitl.errors import ConfigurationError, ErrorCode
+from hitl.keys import KeyPurpose, KeyringFile
 from hitl.messages import (
     ApprovalPolicy,
     DecisionCommand,
@@ -43,7 +45,7 @@ from hitl.messages import (
     SecurityAlertInput,
 )
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
-from hitl.settings import DiscordSettings, Settings, load_settings
+from hitl.settings import DiscordSettings, Settings, get_settings, load_settings
 from store.engine import session_factory
 from store.tables import ApprovalRow, AuditRow, DeepLinkTokenRow
 from tests.api.conftest import api_settings
@@ -118,9 +120,7 @@ class Rig:
     async def request(self, instrument: str = "EUR/USD") -> tuple[ApprovalRequest, dict[str, Any]]:
         """Start an approval; return it with its Discord message once posted."""
         proposal = make_proposal(self.market, instrument)
-        handle = await self.approvals.request_approval(
-            proposal, requested_by="bot-1", policy=self.policy
-        )
+        handle = await self.approvals.request_approval(proposal, requested_by="bot-1")
         approval = await handle.recorded()
         await wait_until(lambda: self.audit(approval, "notify.discord"))
         message = self.message_of(approval)
@@ -194,12 +194,18 @@ async def running_rig(
             decision_timeout=timedelta(seconds=10),
         )
     )
+    # The policy is the worker's (issue 14): the rig's, for this worker.
+    trust = WorkerTrust(
+        keyring=KeyringFile(get_settings().keys_dir, KeyPurpose.COMMANDS).current,
+        policy=lambda: make_policy(**policy),
+    )
     worker = build_worker(
         env.client,
         task_queue=task_queue,
         activities=activities_for(
-            sessions=sessions, provider=market, notifier=notifier, client=env.client
+            sessions=sessions, provider=market, notifier=notifier, client=env.client, trust=trust
         ),
+        trust=trust,
     )
     # The bot only logs in (REST): its clicks are injected instead of arriving by gateway.
     await bot.login(fake.bot_token)
@@ -622,9 +628,7 @@ async def test_without_a_bot_token_the_console_notifier_serves_the_gateway(
         )
         async with worker:
             approvals = ApprovalClient(dev_env.client, task_queue=task_queue)
-            handle = await approvals.request_approval(
-                make_proposal(market), requested_by="bot-1", policy=make_policy()
-            )
+            handle = await approvals.request_approval(make_proposal(market), requested_by="bot-1")
             await handle.recorded()
             command = DecisionCommand(
                 operator_id="alice", channel=DecisionChannel.API, correlation_id="corr-console"
