@@ -60,9 +60,7 @@ async def _record(tag: str) -> None:
             paths: dict[str, str] = {}
             # approve, then the whole lifecycle
             proposal = make_proposal(gw.market)
-            handle = await gw.client.request_approval(
-                proposal, requested_by="bot"
-            )
+            handle = await gw.client.request_approval(proposal, requested_by="bot")
             await handle.approve(decide)
             for target in (TradeStatus.FILLED, TradeStatus.CLOSED, TradeStatus.SETTLED):
                 await handle.advance(
@@ -71,32 +69,24 @@ async def _record(tag: str) -> None:
             paths["approve"] = handle.workflow_id
             # reject
             proposal = make_proposal(gw.market, "BTC-USD")
-            handle = await gw.client.request_approval(
-                proposal, requested_by="bot"
-            )
+            handle = await gw.client.request_approval(proposal, requested_by="bot")
             await handle.reject(decide)
             paths["reject"] = handle.workflow_id
             # slippage
             proposal = make_proposal(gw.market, "ETH-USD")
-            handle = await gw.client.request_approval(
-                proposal, requested_by="bot"
-            )
+            handle = await gw.client.request_approval(proposal, requested_by="bot")
             gw.market.set_price("ETH-USD", proposal.request_price * Decimal("1.02"))
             with contextlib.suppress(HITLError):  # SEC-050 is the expected outcome here
                 await handle.approve(decide)
             paths["slippage"] = handle.workflow_id
             # expire
             proposal = make_proposal(gw.market, "SOL-USD")
-            handle = await gw.client.request_approval(
-                proposal, requested_by="bot"
-            )
+            handle = await gw.client.request_approval(proposal, requested_by="bot")
             await env.sleep(gw.policy.timeout_seconds + 10)
             paths["expire"] = handle.workflow_id
             # a Guardian lock rejects a pending approval, which adopts the rejection
             proposal = make_proposal(gw.market, "XRP-USD")
-            handle = await gw.client.request_approval(
-                proposal, requested_by="bot"
-            )
+            handle = await gw.client.request_approval(proposal, requested_by="bot")
             await handle.recorded()
             guardian = GuardianClient(env.client, task_queue=gw.task_queue)
             await guardian.lock(GuardianCommand(reason="drawdown", by="admin", correlation_id="c"))
