@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import signal
 import sys
@@ -24,8 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import discord
+import discord.gateway
 import structlog
+import yarl
 
 from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
@@ -42,11 +46,12 @@ from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.messages import DecisionCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel
-from hitl.settings import Settings, get_settings
+from hitl.settings import DiscordSettings, Settings, get_settings
 from store.audit import AuditEntry, record_audit
 from store.engine import Sessions, create_engine, session_factory
 from workflows.client import ApprovalClient
 from workflows.connection import connect_temporal
+from workflows.reconciler_client import ReconcilerClient
 
 # Named, not __name__: run as "python -m discord_bot" the module is "__main__".
 log = structlog.get_logger("discord_bot")
@@ -280,13 +285,41 @@ class ApprovalBot(discord.Client):
         # resolve the channels they happen in.
         super().__init__(intents=discord.Intents(guilds=True))
         self.desk = desk
+        self.gateway_connected = False
+        self.gateway_detail = "not connected yet"
+        self.gateway_changed = asyncio.Event()
+        """Set whenever the connection comes or goes (the status reporter waits on it)."""
+
+    def gateway_status(self, *, connected: bool, detail: str) -> None:
+        """Record whether the bot is connected to Discord's gateway, and why not."""
+        if (connected, detail) != (self.gateway_connected, self.gateway_detail):
+            self.gateway_connected, self.gateway_detail = connected, detail
+            self.gateway_changed.set()
 
     async def setup_hook(self) -> None:
         """Listen for every decision button, including those posted before this start."""
         self.add_dynamic_items(DecisionButton)
 
+    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        """Dispatch as discord.py does, except after :meth:`close`: discord.py still dispatches
+        ``disconnect`` then, with its loop gone, and the handler's coroutine would be created
+        and never run."""
+        if self.loop is discord.utils.MISSING:
+            return
+        super().dispatch(event, *args, **kwargs)
+
+    async def on_resumed(self) -> None:
+        """Connected again after an interruption."""
+        self.gateway_status(connected=True, detail="")
+
+    async def on_disconnect(self) -> None:
+        """The gateway connection dropped; discord.py (or :func:`stay_connected`) retries."""
+        if self.gateway_connected:  # keep a more precise reason already recorded
+            self.gateway_status(connected=False, detail="disconnected from the gateway")
+
     async def on_ready(self) -> None:
         """Log the connection."""
+        self.gateway_status(connected=True, detail="")
         log.info(
             "discord bot connected",
             correlation_id="-",
@@ -297,8 +330,158 @@ class ApprovalBot(discord.Client):
         )
 
 
-async def run(settings: Settings) -> None:
-    """Run the bot until SIGINT or SIGTERM; SEC-040 when Discord is not configured."""
+def use_gateway_url(url: str) -> None:
+    """Point discord.py's gateway connections at ``url``; empty keeps Discord's own.
+
+    discord.py connects to the class attribute ``DiscordWebSocket.DEFAULT_GATEWAY`` (and falls
+    back to it whenever a session is invalidated), so this holds for the whole process.
+    """
+    if url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+
+async def gateway_url(bot: discord.Client, settings: DiscordSettings) -> str:
+    """Where the bot's gateway connection goes: ``DISCORD_GATEWAY_URL``, else, when the REST API
+    was moved (``DISCORD_API_BASE_URL``), the URL its ``GET /gateway/bot`` names, else Discord's
+    default (empty)."""
+    if settings.gateway_url:
+        return settings.gateway_url
+    if settings.api_base_url:
+        _shards, url, _limits = await bot.http.get_bot_gateway()
+        return url
+    return ""
+
+
+class Backoff:
+    """Exponential backoff with jitter, from ``first`` up to ``maximum`` seconds."""
+
+    def __init__(self, first: float, maximum: float) -> None:
+        self._first = first
+        self._maximum = maximum
+        self._next = first
+
+    def delay(self) -> float:
+        """The next delay (half to all of the current step), doubling the step."""
+        step = self._next
+        self._next = min(step * 2, self._maximum)
+        return step * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    def reset(self) -> None:
+        """Start again from ``first`` (after a success)."""
+        self._next = self._first
+
+
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+# What an unreachable Discord (DNS, network, an outage, a 5xx) raises on the way in.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    aiohttp.ClientError,
+    discord.GatewayNotFound,
+    discord.HTTPException,
+    discord.ConnectionClosed,
+)
+
+
+async def stay_connected(
+    bot: ApprovalBot,
+    token: str,
+    settings: DiscordSettings,
+    *,
+    backoff: Backoff | None = None,
+) -> None:
+    """Log in and stay connected to Discord's gateway until the bot is closed.
+
+    Whatever makes Discord unreachable, the bot waits and tries again with backoff instead of
+    crashing, and says so in :meth:`ApprovalBot.gateway_status`. discord.py retries by itself
+    once it has been connected; before that it cannot: when the very first connection fails,
+    its reconnect path reads ``self.ws.sequence`` with no websocket yet and raises
+    ``AttributeError: 'NoneType' object has no attribute 'sequence'`` (a known open discord.py
+    issue). That error, with no websocket, is taken for what it hides: the gateway is
+    unreachable. A bad token (LoginFailure) or a gateway refusing the bot for good (discord.py
+    closes the client) still ends the bot: retrying cannot mend configuration.
+    """
+    backoff = backoff or Backoff(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
+    logged_in = located = False
+    while not bot.is_closed():
+        try:
+            if not logged_in:
+                await bot.login(token)
+                logged_in = True
+            if not located:
+                use_gateway_url(await gateway_url(bot, settings))
+                located = True
+            await bot.connect(reconnect=True)
+            return
+        except AttributeError as exc:
+            if bot.ws is not None:
+                raise
+            cause = exc.__context__ or exc
+            problem = f"gateway unreachable ({type(cause).__name__}: {cause})"
+        except discord.ConnectionClosed as exc:
+            if bot.is_closed():
+                raise
+            problem = f"gateway closed the connection ({exc.code})"
+        except _UNREACHABLE as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if not logged_in:
+            # The failed login opened an HTTP session; the next attempt opens its own.
+            await bot.http.close()
+        bot.gateway_status(connected=False, detail=problem)
+        delay = backoff.delay()
+        log.warning(
+            "discord unreachable; retrying",
+            correlation_id="-",
+            actor="discord_bot",
+            action="discord.connect",
+            result="retry",
+            problem=problem,
+            retry_in_seconds=round(delay, 1),
+        )
+        await asyncio.sleep(delay)
+
+
+STATUS_EVERY_SECONDS = 30.0
+"""How often the bot repeats its connection status (``/readyz`` takes silence for a dead bot)."""
+
+
+async def report_gateway_status(
+    bot: ApprovalBot, reconciler: ReconcilerClient, *, every: float = STATUS_EVERY_SECONDS
+) -> None:
+    """Tell the reconciler (which ``/readyz`` asks) whether the bot is connected: at once when
+    it changes, and every ``every`` seconds; Temporal being away is only logged."""
+    failing = False
+    while True:
+        bot.gateway_changed.clear()
+        try:
+            await reconciler.report_discord(
+                connected=bot.gateway_connected, detail=bot.gateway_detail
+            )
+            failing = False
+        except Exception as exc:  # Temporal away: the next report will do
+            if not failing:
+                log.warning(
+                    "could not report the Discord connection",
+                    correlation_id="-",
+                    actor="discord_bot",
+                    action="discord.status",
+                    result="error",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            failing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await bot.gateway_changed.wait()
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the bot until SIGINT or SIGTERM (or until ``stop`` is set, when given: then no
+    signal handler is installed); SEC-040 when Discord is not configured.
+
+    Discord or Temporal being unreachable is waited out, never a reason to exit: the page and
+    the API keep working meanwhile, and ``/readyz`` shows Discord as down.
+    """
     if not settings.discord.enabled:
         raise ConfigurationError("DISCORD_BOT_TOKEN", "is required to run the Discord bot")
     operators = parse_operators(settings.discord.operators)
@@ -314,7 +497,8 @@ async def run(settings: Settings) -> None:
     use_api_base_url(settings.discord.api_base_url)
     engine = create_engine(settings.database_url)
     try:
-        temporal = await connect_temporal(settings)
+        # Lazy: Temporal being down when the bot starts is one more thing it waits out.
+        temporal = await connect_temporal(settings, lazy=True)
         bot = ApprovalBot(
             DecisionDesk(
                 approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),
@@ -323,16 +507,28 @@ async def run(settings: Settings) -> None:
                 decision_timeout=timedelta(seconds=settings.api.decision_timeout_seconds),
             )
         )
-        stop = asyncio.Event()
+        signals = stop is None
+        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        if signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        reconciler = ReconcilerClient(
+            temporal,
+            task_queue=settings.temporal.task_queue,
+            interval_seconds=settings.hitl.reconcile_seconds,
+        )
         async with bot:
-            running = asyncio.create_task(bot.start(settings.discord.bot_token.get_secret_value()))
+            token = settings.discord.bot_token.get_secret_value()
+            running = asyncio.create_task(stay_connected(bot, token, settings.discord))
+            reporting = asyncio.create_task(report_gateway_status(bot, reconciler))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
             await bot.close()
-            stopping.cancel()
+            for task in (stopping, reporting):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await running  # A login failure surfaces here.
     finally:
         await engine.dispose()

@@ -88,6 +88,8 @@ class FakeDiscord:
     """Every channel message by id, as it stands now."""
     faults: list[Fault] = field(default_factory=list)
     url: str = ""
+    gateway_url: str = ""
+    """What ``GET /gateway/bot`` names (a ``FakeGateway``'s URL); empty: Discord's own."""
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _nonces: dict[tuple[int, str], int] = field(default_factory=dict)
     _interactions: dict[int, _Interaction] = field(default_factory=dict)
@@ -134,6 +136,7 @@ class FakeDiscord:
         return Starlette(
             routes=[
                 Route(f"{p}/users/@me", self._me, methods=["GET"]),
+                Route(f"{p}/gateway/bot", self._gateway, methods=["GET"]),
                 Route(f"{p}/oauth2/applications/@me", self._application, methods=["GET"]),
                 Route(f"{p}/channels/{{channel_id:int}}/messages", self._create, methods=["POST"]),
                 Route(
@@ -308,6 +311,21 @@ class FakeDiscord:
             if not self._authorised(request):
                 return JSONResponse({"message": "401: Unauthorized", "code": 0}, 401)
             return JSONResponse(self.user(self.bot_user_id, "hitl-bot", bot=True))
+
+        return await self._serve(request, work)
+
+    async def _gateway(self, request: Request) -> Response:
+        async def work(request: Request, _: Any) -> Response:
+            if not self._authorised(request):
+                return JSONResponse({"message": "401: Unauthorized", "code": 0}, 401)
+            limits = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+            return JSONResponse(
+                {
+                    "url": self.gateway_url or "wss://gateway.discord.gg",
+                    "shards": 1,
+                    "session_start_limit": limits,
+                }
+            )
 
         return await self._serve(request, work)
 
