@@ -1,15 +1,16 @@
 """Issued API tokens: stored only as SHA-256 hashes; a revoked token is kept (``revoked_at``) so
-the record shows who had access when."""
+the record shows who had access when. A token may carry an end (``expires_at``): past it, it
+authenticates nobody, exactly like a revoked one."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import or_, select, update
 
 from hitl.principals import Principal, Role, hash_token, new_token
+from store.engine import AsyncSession, Sessions
 from store.tables import ApiTokenRow
 
 
@@ -22,22 +23,26 @@ class TokenInfo:
     created_at: datetime
     revoked_at: datetime | None
     expires_at: datetime | None = None
-    """Always None for now: tokens carry no expiry column yet."""
+    """When it stops working; None: it lives until revoked."""
+
+    def state(self, now: datetime) -> str:
+        """``active``, ``expired`` or ``revoked`` at ``now``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 async def issue_token(
-    sessions: async_sessionmaker[AsyncSession],
+    sessions: Sessions,
     *,
     principal: str,
     role: Role,
     expires_at: datetime | None = None,
 ) -> str:
-    """Store a new token's hash for ``principal`` and return the clear token (shown once).
-
-    ``expires_at`` is accepted for the interface's sake but not stored: there is no column for it
-    yet, so a token lives until revoked.
-    """
-    del expires_at  # no column yet (see the docstring)
+    """Store a new token's hash for ``principal`` and return the clear token (shown once);
+    it stops working at ``expires_at`` (None: when revoked)."""
     token = new_token()
     async with sessions.begin() as session:
         session.add(
@@ -46,12 +51,13 @@ async def issue_token(
                 role=role.value,
                 token_hash=hash_token(token),
                 created_at=datetime.now(UTC),
+                expires_at=expires_at,
             )
         )
     return token
 
 
-async def revoke_tokens(sessions: async_sessionmaker[AsyncSession], *, principal: str) -> int:
+async def revoke_tokens(sessions: Sessions, *, principal: str) -> int:
     """Revoke every active token of ``principal``; returns how many were revoked."""
     async with sessions.begin() as session:
         result = await session.execute(
@@ -62,8 +68,8 @@ async def revoke_tokens(sessions: async_sessionmaker[AsyncSession], *, principal
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def list_tokens(sessions: async_sessionmaker[AsyncSession]) -> list[TokenInfo]:
-    """Every issued token, oldest first, revoked ones included."""
+async def list_tokens(sessions: Sessions) -> list[TokenInfo]:
+    """Every issued token, oldest first, revoked and expired ones included."""
     async with sessions() as session:
         rows = (await session.execute(select(ApiTokenRow).order_by(ApiTokenRow.id))).scalars()
         return [
@@ -72,24 +78,26 @@ async def list_tokens(sessions: async_sessionmaker[AsyncSession]) -> list[TokenI
                 role=Role(row.role),
                 created_at=row.created_at,
                 revoked_at=row.revoked_at,
+                expires_at=row.expires_at,
             )
             for row in rows
         ]
 
 
 async def principal_for_token(
-    session_or_sessions: AsyncSession | async_sessionmaker[AsyncSession],
+    session_or_sessions: AsyncSession | Sessions,
     token_hash: str,
     now: datetime,
 ) -> Principal | None:
-    """The principal of an active issued token with this hash, or None.
+    """The principal of an issued token with this hash that is neither revoked nor expired at
+    ``now``, or None.
 
-    ``now`` is the moment the token is checked against; it will matter once tokens can expire.
     Takes a session (a request's own) or a session factory (to open one just for this read).
     """
-    del now  # tokens have no expiry column yet
     query = select(ApiTokenRow.principal, ApiTokenRow.role).where(
-        ApiTokenRow.token_hash == token_hash, ApiTokenRow.revoked_at.is_(None)
+        ApiTokenRow.token_hash == token_hash,
+        ApiTokenRow.revoked_at.is_(None),
+        or_(ApiTokenRow.expires_at.is_(None), ApiTokenRow.expires_at > now),
     )
     if isinstance(session_or_sessions, AsyncSession):
         row = (await session_or_sessions.execute(query)).one_or_none()

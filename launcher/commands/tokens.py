@@ -1,14 +1,17 @@
 """``hitl tokens issue|list|revoke``: the API tokens kept in the database.
 
 Tokens are printed once and stored only as SHA-256 hashes (``store/tokens.py``); a revoked token
-is kept (``revoked_at``) so the record shows who had access when.
+is kept (``revoked_at``) so the record shows who had access when. ``--expires-in 30d`` gives a
+token an end: past it, the token authenticates nobody.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
+from datetime import UTC, datetime, timedelta
 
 from hitl.errors import ConfigurationError
 from hitl.principals import Role
@@ -43,13 +46,20 @@ def register(subparsers: Subparsers) -> None:
     issue.add_argument("principal", metavar="PRINCIPAL", help="who the token names, e.g. alice")
     roles = [role.value for role in Role]
     issue.add_argument("role", metavar="ROLE", choices=roles, help=" | ".join(roles))
+    issue.add_argument(
+        "--expires-in",
+        metavar="DURATION",
+        type=parse_lifetime,
+        help="how long the token works, e.g. 12h, 30d, 2w (default: until revoked)",
+    )
     issue.set_defaults(handler=_issue)
     listing = actions.add_parser(
         "list",
         parents=[database],
         help="list the issued tokens (never their values)",
         description="List every issued token, oldest first, tab-separated: principal, role,"
-        " when issued, and active or when revoked.",
+        " when issued, state (active, expired or revoked, with when), and when it expires"
+        " (never: until revoked).",
     )
     listing.set_defaults(handler=_list)
     revoke = actions.add_parser(
@@ -74,10 +84,27 @@ def _database_url(args: argparse.Namespace) -> str | None:
         return None
 
 
-async def _issue_async(url: str, principal: str, role: Role) -> str:
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_lifetime(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``30d`` or ``2w`` as a (positive) timedelta.
+
+    Raises:
+        argparse.ArgumentTypeError: Anything else (argparse reports it as a usage error).
+    """
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip().lower())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use e.g. 12h, 30d or 2w")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+async def _issue_async(url: str, principal: str, role: Role, expires_at: datetime | None) -> str:
     engine = create_engine(url)
     try:
-        return await issue_token(session_factory(engine), principal=principal, role=role)
+        return await issue_token(
+            session_factory(engine), principal=principal, role=role, expires_at=expires_at
+        )
     finally:
         await engine.dispose()
 
@@ -102,7 +129,11 @@ def _issue(args: argparse.Namespace) -> int:
     url = _database_url(args)
     if url is None:
         return EXIT_CONFIGURATION
-    print(asyncio.run(_issue_async(url, args.principal, Role(args.role))))
+    lifetime: timedelta | None = args.expires_in
+    expires_at = datetime.now(UTC) + lifetime if lifetime is not None else None
+    print(asyncio.run(_issue_async(url, args.principal, Role(args.role), expires_at)))
+    if expires_at is not None:
+        print(f"expires {expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
     return EXIT_OK
 
 
@@ -115,10 +146,14 @@ def _revoke(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILURE
 
 
-def format_token(token: TokenInfo) -> str:
-    """One line of ``hitl tokens list``: principal, role, issued, state (tab-separated)."""
-    state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
-    return f"{token.principal}\t{token.role.value}\t{token.created_at:%Y-%m-%d %H:%M}\t{state}"
+def format_token(token: TokenInfo, *, now: datetime | None = None) -> str:
+    """One line of ``hitl tokens list``: principal, role, issued, state, expiry (tab-separated)."""
+    state = token.state(now or datetime.now(UTC))
+    if state == "revoked" and token.revoked_at is not None:
+        state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+    expires = f"expires {token.expires_at:%Y-%m-%d %H:%M}" if token.expires_at else "never"
+    issued = f"{token.created_at:%Y-%m-%d %H:%M}"
+    return f"{token.principal}\t{token.role.value}\t{issued}\t{state}\t{expires}"
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,3 +52,30 @@ async def test_revoke_ends_every_active_token_of_one_principal_only(engine: Asyn
         ("erin", Role.BOT, True),
     ]
     assert all(t.expires_at is None and t.created_at.tzinfo is not None for t in listed)
+
+
+async def test_a_token_authenticates_until_its_end_and_is_listed_with_it(
+    engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(engine)
+    end = NOW + timedelta(days=30)
+    token = await issue_token(sessions, principal="dana", role=Role.OPERATOR, expires_at=end)
+    forever = await issue_token(sessions, principal="erin", role=Role.BOT)
+    dana = Principal("dana", Role.OPERATOR)
+    assert await principal_for_token(sessions, hash_token(token), NOW) == dana
+    assert await principal_for_token(sessions, hash_token(token), end - timedelta(seconds=1)) == (
+        dana
+    )
+    assert await principal_for_token(sessions, hash_token(token), end) is None
+    assert await principal_for_token(sessions, hash_token(token), end + timedelta(days=1)) is None
+    far = NOW + timedelta(days=3650)
+    assert await principal_for_token(sessions, hash_token(forever), far) is not None
+    by_principal = {t.principal: t for t in await list_tokens(sessions)}
+    assert by_principal["dana"].expires_at == end
+    assert by_principal["dana"].state(NOW) == "active"
+    assert by_principal["dana"].state(end) == "expired"
+    assert by_principal["erin"].expires_at is None
+    assert by_principal["erin"].state(far) == "active"
+    await revoke_tokens(sessions, principal="dana")
+    [dana_row] = [t for t in await list_tokens(sessions) if t.principal == "dana"]
+    assert dana_row.state(NOW) == "revoked"
