@@ -94,6 +94,15 @@ def _parsed(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_MARKERS = [(f"\x00{n}", json.dumps(f"\x00{n}")) for n in range(4)]
+
+
+def _marker(number: int) -> tuple[str, str]:
+    if number < len(_MARKERS):
+        return _MARKERS[number]
+    return f"\x00{number}", json.dumps(f"\x00{number}")
+
+
 def canonical_content(fields: Mapping[str, Any] | BaseModel) -> str:
     """The canonical JSON of ``fields`` without :data:`EXCLUDED_FIELDS`.
 
@@ -115,8 +124,8 @@ def canonical_content(fields: Mapping[str, Any] | BaseModel) -> str:
         elif kind is CanonicalJSON:
             # A NUL marker, rendered as the quoted string json.dumps makes of it, stands in for
             # the text until it is spliced in below.
-            marker = f"\x00{len(spliced)}"
-            spliced[json.dumps(marker)] = value
+            marker, quoted = _marker(len(spliced))
+            spliced[quoted] = value
             plain[name] = marker
         else:
             # Decimals, UUIDs, enums: the row hasher's rules, for the whole record.
