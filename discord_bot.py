@@ -33,6 +33,7 @@ import yarl
 
 from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
+    NO_MENTIONS,
     apology_text,
     decided_text,
     decision_custom_id,
@@ -51,6 +52,7 @@ from store.audit import AuditEntry, record_audit
 from store.engine import Sessions, create_engine, session_factory
 from workflows.client import ApprovalClient
 from workflows.connection import connect_temporal
+from workflows.reconciler import DISCORD_REPORT_SECONDS
 from workflows.reconciler_client import ReconcilerClient
 
 # Named, not __name__: run as "python -m discord_bot" the module is "__main__".
@@ -283,7 +285,8 @@ class ApprovalBot(discord.Client):
     def __init__(self, desk: DecisionDesk) -> None:
         # Clicks reach a bot whatever its intents; Guilds (not privileged) lets discord.py
         # resolve the channels they happen in.
-        super().__init__(intents=discord.Intents(guilds=True))
+        # Every answer and edit carries allowed_mentions: none (nothing a bot wrote can ping).
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=NO_MENTIONS)
         self.desk = desk
         self.gateway_connected = False
         self.gateway_detail = "not connected yet"
@@ -442,8 +445,7 @@ async def stay_connected(
         await asyncio.sleep(delay)
 
 
-STATUS_EVERY_SECONDS = 30.0
-"""How often the bot repeats its connection status (``/readyz`` takes silence for a dead bot)."""
+STATUS_EVERY_SECONDS = DISCORD_REPORT_SECONDS
 
 
 async def report_gateway_status(

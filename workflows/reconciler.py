@@ -47,6 +47,11 @@ ALERT_GIVE_UP = timedelta(minutes=10)
 finding stays in the audit trail, the metric and the log)."""
 
 
+DISCORD_REPORT_SECONDS = 30.0
+"""How often the Discord bot repeats its connection status; ``/readyz`` takes a much longer
+silence for a dead bot."""
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -13,10 +14,13 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.deps import ServicesDep, SessionDep
+from api.services import Services
 from hitl import metrics as hitl_metrics
 from store.audit import verification_status
 from store.health import pending_count, ping
 from store.metrics import decision_totals
+from workflows.reconciler import DISCORD_REPORT_SECONDS
+from workflows.reconciler_client import ReconcilerClient
 
 router = APIRouter(tags=["health"])
 
@@ -63,7 +67,49 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["audit"] = f"unreadable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    reconciliation, discord = await _reconciler_view(
+        services, temporal_ok=checks["temporal"] == "ok"
+    )
+    # Discord is shown, not required: without the bot clicks fail, everything else serves.
+    checks["discord"] = discord
+    return JSONResponse(
+        {"ready": ready, "checks": checks, "reconciliation": reconciliation},
+        status_code=200 if ready else 503,
+    )
+
+
+DISCORD_SILENCE = timedelta(seconds=3 * DISCORD_REPORT_SECONDS)
+"""A bot that has not reported for this long is taken for down (it reports every 30 s)."""
+
+
+async def _reconciler_view(
+    services: Services, *, temporal_ok: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """The reconciler's startup summary and last pass, and Discord's connection as the bot last
+    reported it (issue 16); unknown when Temporal or every worker is away."""
+    configured = services.settings.discord.enabled
+    if not temporal_ok:
+        return None, "unknown" if configured else "not configured"
+    try:
+        status = await ReconcilerClient(
+            services.temporal, task_queue=services.settings.temporal.task_queue
+        ).status(rpc_timeout=_CHECK_TIMEOUT)
+    except Exception:  # not started yet, or no worker to answer the query
+        return None, "unknown" if configured else "not configured"
+    view = {
+        "startup": status.startup.summary() if status.startup else None,
+        "last": status.last.summary() if status.last else None,
+        "last_at": status.last.at.isoformat() if status.last else None,
+        "mismatches": status.last.mismatches if status.last else None,
+    }
+    if not configured:
+        return view, "not configured"
+    reported = status.discord
+    if reported is None:
+        return view, "down: the bot has not reported"
+    if datetime.now(UTC) - reported.at > DISCORD_SILENCE:
+        return view, f"down: no word from the bot since {reported.at.isoformat()}"
+    return view, "ok" if reported.connected else f"down: {reported.detail}"
 
 
 @router.get("/metrics", response_class=Response)
