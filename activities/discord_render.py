@@ -33,6 +33,22 @@ def decision_custom_id(decision: Decision, trade_id: UUID) -> str:
 # --- the parts ---------------------------------------------------------------------------------
 
 
+def as_text(text: str) -> str:
+    """Text someone else wrote, as Discord must show it: as typed, never as markup.
+
+    A bot's reasoning (or an operator's comment) could otherwise carry a live masked link
+    (``[click](http://…)``), a code fence, emphasis that hides text, or a mention; every markdown
+    character is escaped, masked links included, and mentions are broken with a zero-width
+    space. (Mentions could not ping anyway: every message is sent with mentions disallowed.)
+    """
+    escaped = discord.utils.escape_markdown(text, ignore_links=False)
+    return discord.utils.escape_mentions(escaped)
+
+
+NO_MENTIONS: Final = discord.AllowedMentions.none()
+"""What every message the gateway sends allows to ping: nobody (see the clients' set-up)."""
+
+
 def _number(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
@@ -57,7 +73,7 @@ def _add_trade_fields(embed: discord.Embed, approval: ApprovalRequest) -> None:
 
 def _why(approval: ApprovalRequest) -> str:
     reason = approval.decision_reason.value if approval.decision_reason else "-"
-    return f"{reason}: {approval.comment}" if approval.comment else reason
+    return f"{reason}: {as_text(approval.comment)}" if approval.comment else reason
 
 
 # --- the notifier's messages -------------------------------------------------------------------
@@ -73,7 +89,7 @@ def approval_embed(approval: ApprovalRequest, *, link: str) -> discord.Embed:
     embed = discord.Embed(
         title=f"Approval needed: {_title(approval)}",
         url=link,
-        description=approval.reasoning_summary,
+        description=as_text(approval.reasoning_summary),
         colour=discord.Colour.orange(),
         timestamp=approval.requested_at,
     )
@@ -91,7 +107,7 @@ def outcome_embed(approval: ApprovalRequest) -> discord.Embed:
     heading = "EXPIRED" if expired else approval.status.value
     embed = discord.Embed(
         title=f"{heading}: {_title(approval)}",
-        description=approval.reasoning_summary,
+        description=as_text(approval.reasoning_summary),
         colour=discord.Colour.green() if accepted else discord.Colour.red(),
         timestamp=approval.decided_at,
     )
@@ -139,7 +155,7 @@ def cascade_embed(summary: GuardianCascadeSummary) -> discord.Embed:
     """The one summary of a Guardian lock and the approvals it rejected."""
     embed = discord.Embed(
         title="Guardian lock: trading halted",
-        description=summary.reason,
+        description=as_text(summary.reason),
         colour=discord.Colour.dark_red(),
         timestamp=summary.locked_at,
     )

@@ -31,6 +31,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.discord_render import NO_MENTIONS
 from hitl.messages import SYSTEM_ACTOR
 from store.audit import APPROVAL_TARGET, GUARDIAN_TARGET, AuditEntry, audit_payload, record_audit
 from store.engine import Sessions
@@ -253,6 +254,8 @@ class DiscordChannel:
                     # A REST-only client uses no intents; Guilds only keeps discord.py from
                     # warning about state it will never need.
                     intents=discord.Intents(guilds=True),
+                    # Every message and edit this client sends carries allowed_mentions: none.
+                    allowed_mentions=NO_MENTIONS,
                     max_messages=None,
                     http_trace=fail_fast_trace(),
                 )
