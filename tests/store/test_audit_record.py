@@ -349,13 +349,15 @@ async def test_a_missing_or_foreign_keyring_never_says_intact(
 async def test_concurrent_appends_on_postgresql_stay_one_gapless_chain(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1,000 appends from 50 concurrent sessions (and, among them, racing writers of the same
-    idempotency keys), then the auditor's check."""
+    """1,000 refusals appended from 50 concurrent sessions, racing writers of the same
+    idempotency keys, and 100 decisions at once (each locking its approval row before the
+    chain's head); then the auditor's check."""
     url = await create_postgres_database()
     try:
         await asyncio.to_thread(upgrade_to_head, url)
-        engine = create_engine(url, pool_size=25, max_overflow=25)
+        engine = create_engine(url, pool_size=30, max_overflow=30)
         sessions = session_factory(engine, writer=True)
+        pending = [await stored_approval(sessions) for _ in range(100)]
 
         async def writer(number: int) -> None:
             for step in range(20):
@@ -366,22 +368,43 @@ async def test_concurrent_appends_on_postgresql_stay_one_gapless_chain(
                         action="approval.refused",
                         target_id=str(uuid.uuid4()),
                         correlation_id=f"corr-{number}-{step}",
-                        idempotency_key=f"race-{step}-{number % 25}",
+                        idempotency_key=f"refusal-{number}-{step}",
+                    ),
+                )
+                # Every writer races the others to record the same notice, once.
+                await record_audit(
+                    sessions,
+                    AuditEntry(
+                        actor_id=f"bot-{number}",
+                        action="discord.posted",
+                        target_id=str(uuid.uuid4()),
+                        correlation_id=f"corr-race-{step}",
+                        idempotency_key=f"race-{step}",
                     ),
                     once=True,
                 )
 
-        await asyncio.gather(*(writer(n) for n in range(50)))
+        async def decide(approval: ApprovalRequest, accept: bool) -> None:
+            decided = _decided(approval, accept=accept)
+            await approvals.record_decision(
+                sessions,
+                RecordDecisionInput(expected=approval, decided=decided, event_type="hitl.decided"),
+            )
+
+        await asyncio.gather(
+            *(writer(n) for n in range(50)),
+            *(decide(a, n % 2 == 0) for n, a in enumerate(pending)),
+        )
         async with engine.connect() as connection:
             seqs = (await connection.execute(select(AuditRow.seq).order_by(AuditRow.seq))).all()
         await engine.dispose()
-        # Two writers per key: each key written once, in one gapless chain.
-        assert [s for (s,) in seqs] == list(range(1, 501))
+        # 100 requests, 1,000 refusals, 20 notices written once each, 100 decisions.
+        assert [s for (s,) in seqs] == list(range(1, 1221))
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.setenv("HITL_DATA_DIR", str(tmp_path))
         code, out = await run_hitl(capsys, "audit", "verify")
         assert code == 0, out
-        assert out.startswith("intact: 500 chained audit entries")
+        assert out.startswith("intact: 1220 chained audit entries up to seq 1220, 100 approvals")
     finally:
         await drop_postgres_database(url)
 
