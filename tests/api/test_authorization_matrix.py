@@ -12,7 +12,11 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from hitl.principals import Role
+from store.tables import AuditRow
+from store.tokens import issue_token
 from tests.api.conftest import Api, auth
 from tests.api.test_approvals_api import proposal_body
 
@@ -200,3 +204,56 @@ async def test_the_guardian(api: Api) -> None:
 async def test_public_routes_need_no_token(api: Api) -> None:
     for path in ("/healthz", "/metrics", "/", "/static/app.js"):
         assert (await api.http.get(path)).status_code == 200, path
+
+
+async def test_who_requested_a_trade_never_decides_it(api: Api) -> None:
+    # alice also holds a bot token: what she requested as a bot, she may not decide.
+    bot_token = await issue_token(api.gw.sessions, principal="alice", role=Role.BOT)
+    response = await api.http.post(
+        "/api/hitl/requests",
+        json=proposal_body(api),
+        headers={"Authorization": f"Bearer {bot_token}"},
+    )
+    assert response.status_code == 201, response.text
+    trade_id = response.json()["trade_id"]
+    for route in (f"/api/hitl/{trade_id}/approve", f"/approvals/{trade_id}/approve"):
+        refused = await api.http.post(route, json={}, headers=auth("alice"))
+        assert _code(refused) == (403, "SEC-090")
+        assert "requested" in refused.json()["message"]
+    # Another operator may.
+    approved = await api.http.post(f"/api/hitl/{trade_id}/approve", json={}, headers=auth("bob"))
+    assert approved.status_code == 200, approved.text
+    refusals = await _refusals(api, trade_id)
+    assert [(r.actor_id, r.error_code) for r in refusals] == [("alice", "SEC-090")] * 2
+
+
+async def test_refused_decisions_are_audited(api: Api) -> None:
+    trade_id = await _create(api)
+    decided = await api.http.post(
+        f"/api/hitl/{trade_id}/reject", json={"reason": "no"}, headers=auth("alice")
+    )
+    assert decided.status_code == 200
+    again = await api.http.post(f"/api/hitl/{trade_id}/approve", json={}, headers=auth("bob"))
+    assert _code(again) == (409, "SEC-012")
+    off_list = await api.http.post(f"/api/hitl/{trade_id}/approve", json={}, headers=auth("carol"))
+    assert _code(off_list) == (403, "SEC-090")
+    forged = await api.http.post(
+        f"/api/hitl/{trade_id}/approve", json={"channel": "SYSTEM"}, headers=auth("bob")
+    )
+    assert _code(forged) == (422, "SEC-003")
+    refusals = await _refusals(api, trade_id)
+    assert {(r.actor_id, r.error_code) for r in refusals} == {
+        ("bob", "SEC-012"),
+        ("carol", "SEC-090"),
+        ("bob", "SEC-003"),
+    }
+
+
+async def _refusals(api: Api, trade_id: str) -> list[AuditRow]:
+    async with api.gw.sessions() as session:
+        rows = await session.execute(
+            select(AuditRow)
+            .where(AuditRow.target_id == trade_id, AuditRow.action.like("%_refused"))
+            .order_by(AuditRow.id)
+        )
+        return list(rows.scalars())
