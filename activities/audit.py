@@ -14,7 +14,6 @@ from pathlib import Path
 from uuid import UUID
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.notifications import Notifier
@@ -26,6 +25,7 @@ from hitl.messages import SecurityAlertInput
 from store.audit import record_verification
 from store.audit_record import verify_record
 from store.checkpoints import append_checkpoint, checkpoint_path, read_checkpoints
+from store.engine import AsyncEngine, Sessions
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ class AuditActivities:
         self,
         *,
         engine: AsyncEngine,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         notifier: Notifier,
         keys: KeyringFile,
         data_dir: Path,

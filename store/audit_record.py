@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Select, Text, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl.audit_chain import (
@@ -51,6 +52,9 @@ from store.tables import (
     GuardianStateRow,
     PostTradeSnapshotRow,
 )
+
+UNREADABLE: tuple[type[Exception], ...] = (SQLAlchemyError, OSError, LookupError)
+"""What reading the record raises when the database cannot be read (or is not migrated)."""
 
 BATCH = 5000
 """Entries fetched per round trip while streaming."""

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from hitl.audit_chain import verify_export
 from hitl.errors import ConfigurationError
 from hitl.keys import KeyPurpose, Keyring, keys_dir_from_environment, load_keyring
 from hitl.settings import DatabaseSettings
 from launcher.commands import Subparsers
 from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, EXIT_OK
-from store.audit_record import RecordReport, export_trail, verify_record
+from store.audit_record import UNREADABLE, RecordReport, export_trail, verify_record
 from store.checkpoints import checkpoint_path, read_checkpoints
 from store.engine import create_engine
 
@@ -140,7 +138,7 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         code, line = asyncio.run(_verify_database(_database_url(args), keys, _data_dir()))
-    except (SQLAlchemyError, OSError, LookupError) as exc:
+    except UNREADABLE as exc:
         return _fail(f"cannot read the database: {type(exc).__name__}: {exc}")
     print(line)
     return code
@@ -162,7 +160,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         data = asyncio.run(run())
-    except (SQLAlchemyError, OSError, LookupError) as exc:
+    except UNREADABLE as exc:
         return _fail(f"cannot read the database: {type(exc).__name__}: {exc}")
     if data is None:
         print(f"hitl audit: no audit entry about trade {args.trade_id}", file=sys.stderr)

@@ -487,3 +487,14 @@ async def test_a_database_from_before_the_chain_gets_a_genesis(
     code, out = await run_hitl(capsys, "audit", "verify")
     assert code == 1
     assert out.startswith("BROKEN: genesis mismatch")
+
+
+async def test_a_database_that_cannot_be_read_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("HITL_DATA_DIR", str(tmp_path))  # no database migrated there
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 2
+    assert out.startswith("hitl audit: cannot read the database")
+    assert "intact" not in out
