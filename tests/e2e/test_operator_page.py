@@ -237,6 +237,8 @@ async def test_sign_in_then_a_new_request_appears_live_and_approving_removes_it(
     screen: Screen, stack: Served, http: httpx.AsyncClient
 ) -> None:
     page = screen.page
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
     await screen.open()
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     await expect(page.get_by_label("Operator token")).to_be_focused()
@@ -254,6 +256,8 @@ async def test_sign_in_then_a_new_request_appears_live_and_approving_removes_it(
     assert await page.evaluate("sessionStorage.getItem('hitl.operatorToken')") == "alice-token"
     assert await page.evaluate("localStorage.length") == 0
     assert await page.context.cookies() == []
+    # The stream's token travels in its first message, never in the address (issue 17).
+    assert sockets and not any("token" in url for url in sockets)
 
     first = await propose(stack, http)
     row = screen.row(first)
@@ -392,7 +396,7 @@ async def test_already_decided_and_slippage_outcomes_are_shown_plainly(
 
     # Bob's decision reaches the server first; Alice's then gets 409 SEC-012 naming him.
     await page.route(
-        f"**/api/hitl/{raced}/approve", hold_until(lambda: decide(http, raced, "reject", "bob"))
+        f"**/approvals/{raced}/approve", hold_until(lambda: decide(http, raced, "reject", "bob"))
     )
     await screen.button(raced, "Approve").click()
     await page.get_by_role("button", name="Confirm approval").click()
