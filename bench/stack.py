@@ -139,6 +139,8 @@ class Stack:
             "HITL_ALLOWED_OPERATORS": OPERATOR,
             "HITL_API_TOKENS": declared_tokens(),
             "HITL_API_RATE_LIMIT": "100000/second",
+            # The driver is one client address: the per-address limit must not pace it.
+            "HITL_API_ADDRESS_RATE_LIMIT": "100000/second",
             "HITL_TIMEOUT_SECONDS": str(BENCH_TIMEOUT_SECONDS),
             "HITL_WORKER_METRICS_PORT": str(self.metrics_port),
             # Its own database server: the paper market must be asked for (SEC-040 otherwise).

@@ -246,7 +246,7 @@ def test_run_approves_stops_on_ctrl_c_and_resumes(setup: Setup, tmp_path: Path) 
             assert (approval["status"], approval["decided_by"]) == ("ACCEPTED", "alice")
             pending = http.get("/api/hitl/pending")
             assert pending.status_code == 200, pending.text
-            pending_ids = [item["trade_id"] for item in pending.json()]
+            pending_ids = [item["trade_id"] for item in pending.json()["items"]]
             assert waiting in pending_ids
             assert accepted not in pending_ids
         assert second.interrupt() == 0, second.diagnostics()
