@@ -497,24 +497,33 @@ class ApprovalWorkflow:
                 result.approval.to_dict(),
             )
         if result.integrity_failure:
-            await workflow.execute_activity_method(
-                NotificationActivities.notify_security_alert,
-                SecurityAlertInput(
-                    trade_id=expected.trade_id,
-                    error_code=ErrorCode.INTEGRITY_FAILURE.code,
-                    message="stored approval failed its integrity check; rejected",
-                    correlation_id=expected.correlation_id,
-                    detected_at=workflow.now(),
-                ),
-                start_to_close_timeout=NOTIFY_TIMEOUT,
-                retry_policy=NOTIFY_RETRY,
+            await self._integrity_alert(
+                expected, "stored approval failed its integrity check; rejected"
             )
-            _fail(
-                ErrorCode.INTEGRITY_FAILURE,
-                f"stored approval of {expected.trade_id} was altered; rejected",
-                result.approval.to_dict(),
-            )
+            # A decision's caller is told (the update fails); on the workflow's own path (the
+            # deadline, a Guardian lock) the approval ends REJECTED and the workflow completes:
+            # no workflow fails on data (issue 16).
+            if update is not None:
+                _fail(
+                    ErrorCode.INTEGRITY_FAILURE,
+                    f"stored approval of {expected.trade_id} was altered; rejected",
+                    result.approval.to_dict(),
+                )
         return result.approval
+
+    async def _integrity_alert(self, approval: ApprovalRequest, message: str) -> None:
+        await workflow.execute_activity_method(
+            NotificationActivities.notify_security_alert,
+            SecurityAlertInput(
+                trade_id=approval.trade_id,
+                error_code=ErrorCode.INTEGRITY_FAILURE.code,
+                message=message,
+                correlation_id=approval.correlation_id,
+                detected_at=workflow.now(),
+            ),
+            start_to_close_timeout=NOTIFY_TIMEOUT,
+            retry_policy=NOTIFY_RETRY,
+        )
 
     async def _notify(self, activity_name: str, approval: ApprovalRequest) -> None:
         # A notifier that stays down must not keep the approval from ending: give up after
@@ -576,16 +585,36 @@ class ApprovalWorkflow:
                     f"{approval.status.value} cannot become {command.target.value}",
                     approval.to_dict(),
                 )
-            self._approval = await self._short(
-                PersistenceActivities.record_transition,
-                RecordTransitionInput(
-                    expected=approval,
-                    target=command.target,
-                    actor=command.reported_by,
-                    correlation_id=command.correlation_id,
-                    details=command.details,
-                ),
-            )
+            try:
+                self._approval = await self._short(
+                    PersistenceActivities.record_transition,
+                    RecordTransitionInput(
+                        expected=approval,
+                        target=command.target,
+                        actor=command.reported_by,
+                        correlation_id=command.correlation_id,
+                        details=command.details,
+                    ),
+                )
+            except (ActivityError, ApplicationError) as exc:
+                # A local activity's failure arrives as its ApplicationError, a regular one's
+                # wrapped in an ActivityError.
+                cause = exc.cause if isinstance(exc, ActivityError) else exc
+                if not (
+                    isinstance(cause, ApplicationError)
+                    and cause.type == ErrorCode.INTEGRITY_FAILURE.code
+                ):
+                    raise
+                # The trade was accepted: it is not rewritten; the report is refused, the
+                # operators alerted, and the workflow goes on for a human to look.
+                await self._integrity_alert(
+                    approval, "stored trade failed its integrity check; lifecycle report refused"
+                )
+                _fail(
+                    ErrorCode.INTEGRITY_FAILURE,
+                    f"stored trade {approval.trade_id} was altered; report refused",
+                    approval.to_dict(),
+                )
             return self._approval
 
     @advance.validator
