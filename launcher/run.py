@@ -32,7 +32,7 @@ from launcher.addresses import answers, is_local, split_address, url_host
 from launcher.banner import banner
 from launcher.demo_bot import run_demo_bot
 from launcher.dev_defaults import apply_dev_defaults, first_token_of_role
-from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, ChildExited, StartupError
+from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, StartupError
 from launcher.readiness import wait_for_api, wait_for_temporal, wait_for_worker
 from launcher.supervisor import Child, Supervisor
 from migrations.runner import upgrade_to_head
@@ -194,7 +194,8 @@ async def supervise(
             flush=True,
         )
         waits: set[asyncio.Future[Any]] = {
-            asyncio.ensure_future(supervisor.first_exit()),
+            # A child that crashes is restarted (with backoff), not a reason to stop the rest.
+            asyncio.ensure_future(supervisor.keep_running()),
             asyncio.ensure_future(stop.wait()),
         }
         if demo_bot_token is not None:
@@ -216,9 +217,8 @@ async def supervise(
         if finished is demo:
             finished.result()  # re-raises the demo bot's failure
             raise StartupError("the demo bot stopped")
-        child = finished.result()
-        assert isinstance(child, Child)
-        raise ChildExited(child.name, child.process.returncode or 0)
+        finished.result()  # re-raises the supervisor's own failure
+        raise StartupError("the supervisor stopped watching its children")
     except StartupError as exc:
         print(f"hitl: {exc}; stopping the gateway", file=sys.stderr, flush=True)
         return EXIT_FAILURE

@@ -27,6 +27,12 @@ ORPHAN_GUARD = (
 )
 
 
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+STEADY_SECONDS = 60.0
+"""A child that ran this long before it crashed is restarted after the first delay again."""
+
+
 @dataclass
 class Child:
     """One supervised process."""
@@ -34,6 +40,18 @@ class Child:
     name: str
     process: asyncio.subprocess.Process
     stop_seconds: float
+    argv: Sequence[str] = ()
+    """What started it, to start it again after a crash."""
+    started_at: float = 0.0
+    """When it started (the event loop's clock)."""
+    restarts: int = 0
+    """Crashes in a row, each restarted (reset once it ran ``STEADY_SECONDS``)."""
+
+
+def restart_delay(restarts: int) -> float:
+    """Seconds before the ``restarts``-th restart in a row: 1, 2, 4, … up to 30 (compose's
+    restart policy backs off the same way)."""
+    return float(min(RESTART_FIRST_SECONDS * 2 ** max(restarts - 1, 0), RESTART_MAX_SECONDS))
 
 
 class Supervisor:
@@ -45,6 +63,17 @@ class Supervisor:
 
     async def start(self, name: str, argv: Sequence[str], *, stop_seconds: float) -> Child:
         """Start ``argv`` with the supervisor's environment, stdout and stderr."""
+        child = Child(
+            name=name,
+            process=await self._spawn(name, argv),
+            stop_seconds=stop_seconds,
+            argv=tuple(argv),
+            started_at=asyncio.get_running_loop().time(),
+        )
+        self.children.append(child)
+        return child
+
+    async def _spawn(self, name: str, argv: Sequence[str]) -> asyncio.subprocess.Process:
         command = list(argv)
         if sys.platform == "linux":
             command = [sys.executable, "-I", "-S", "-c", ORPHAN_GUARD, str(os.getpid()), *command]
@@ -55,8 +84,6 @@ class Supervisor:
             # then stops the children in order (the API before the worker before the server).
             process_group=0,
         )
-        child = Child(name=name, process=process, stop_seconds=stop_seconds)
-        self.children.append(child)
         log.info(
             "child started",
             actor="supervisor",
@@ -65,7 +92,33 @@ class Supervisor:
             child=name,
             pid=process.pid,
         )
-        return child
+        return process
+
+    async def keep_running(self) -> None:
+        """Restart every child that ends, with backoff and a log line, until cancelled (Ctrl-C:
+        the caller then stops them all). A crash loop backs off to one try every 30 s rather
+        than taking the rest of the gateway down with it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            child = await self.first_exit()
+            ran = loop.time() - child.started_at
+            child.restarts = 1 if ran >= STEADY_SECONDS else child.restarts + 1
+            delay = restart_delay(child.restarts)
+            code = child.process.returncode
+            log.warning(
+                "child crashed; restarting",
+                actor="supervisor",
+                action="child.restart",
+                result="restarting",
+                child=child.name,
+                returncode=code,
+                ran_seconds=round(ran, 1),
+                restart_in_seconds=delay,
+                restarts_in_a_row=child.restarts,
+            )
+            await asyncio.sleep(delay)
+            child.process = await self._spawn(child.name, child.argv)
+            child.started_at = loop.time()
 
     def check_alive(self) -> None:
         """Raise ChildExited if any child has ended."""
