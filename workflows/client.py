@@ -7,6 +7,7 @@ the HTTP client in ``hitl_client`` instead, with their token; they never reach T
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -44,6 +45,17 @@ from workflows.guardian import GuardianWorkflow
 CommandT = TypeVar("CommandT", DecisionCommand, LifecycleCommand)
 
 _UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+
+
+_ABORTED_UPDATE_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)
+"""Pauses between sends of an Update the server aborted unapplied (about 1.5 s in all)."""
+
+
+def _aborted_unapplied(exc: RPCError) -> bool:
+    """The server's answer to Updates admitted in a workflow task that then failed."""
+    return (
+        exc.status is RPCStatusCode.FAILED_PRECONDITION and "workflow task failure" in exc.message
+    )
 
 
 def _error_from_failure(exc: BaseException) -> HITLError:
@@ -143,7 +155,7 @@ class ApprovalHandle:
         completed comes back NOT_FOUND: ``when_completed`` answers from its final record."""
         args = [] if argument is None else [argument]
         try:
-            result: ApprovalRequest = await self._handle.execute_update(update, args=args)
+            result: ApprovalRequest = await self._execute_update(update, args)
             return result
         except WorkflowUpdateFailedError as exc:
             raise _error_from_failure(exc) from exc
@@ -157,6 +169,24 @@ class ApprovalHandle:
                 if final is not None:
                     return when_completed(final)
             raise self._rpc_error(exc) from exc
+
+    async def _execute_update(self, update: Any, args: list[object]) -> ApprovalRequest:
+        """Send the Update, again when the server aborted it unapplied.
+
+        When a workflow task fails (for instance the workflow tried to complete while a Guardian
+        notice and decisions arrived together), the server aborts every Update admitted in that
+        task with FAILED_PRECONDITION; none of them reached history, so sending the same command
+        again is safe and gets the real answer (a completed workflow then answers NOT_FOUND)."""
+        for delay in _ABORTED_UPDATE_BACKOFF:
+            try:
+                result: ApprovalRequest = await self._handle.execute_update(update, args=args)
+                return result
+            except RPCError as exc:
+                if not _aborted_unapplied(exc):
+                    raise
+            await asyncio.sleep(delay)
+        final: ApprovalRequest = await self._handle.execute_update(update, args=args)
+        return final
 
     async def _completed_result(self) -> ApprovalRequest | None:
         try:
