@@ -31,7 +31,8 @@ async def served(
     else:
         url = sqlite_url
     engine = create_engine(url)
-    gw = await start_gateway(dev_env, session_factory(engine, writer=True))
+    # The 2 s deadline is the worker's policy (issue 14), not the API's.
+    gw = await start_gateway(dev_env, session_factory(engine, writer=True), timeout_seconds=2)
     async with gw.worker:
         async for served in serve_api(gw, url, timeout_seconds=2):
             yield served
