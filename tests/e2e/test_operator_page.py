@@ -71,7 +71,8 @@ async def stack(
 ) -> AsyncIterator[Served]:
     """The running gateway; parametrize indirectly with a deadline in seconds (default 300)."""
     timeout_seconds: int = getattr(request, "param", 300)
-    gw = await start_gateway(dev_env, sqlite_sessions)
+    # The deadline is the worker's policy (recorded at start), so the worker gets it too.
+    gw = await start_gateway(dev_env, sqlite_sessions, timeout_seconds=timeout_seconds)
     async with gw.worker:
         async for served in serve_api(gw, sqlite_url, timeout_seconds=timeout_seconds):
             yield served
