@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from hitl.messages import PostTradeSnapshot
 from hitl.models import (
@@ -19,6 +19,7 @@ from hitl.models import (
     TradeProposal,
     TradeStatus,
 )
+from hitl.preview import SlippagePreview
 from hitl.text_rules import Details, SafeText
 
 
@@ -42,16 +43,6 @@ _CHANNEL = Field(
     description="Ignored unless it names the channel the route records (API for /api/hitl/…,"
     " WEB for the operators' page's /approvals/…); any other value is refused (SEC-003).",
 )
-
-
-class CreatedApproval(BaseModel):
-    """A request now awaiting a decision."""
-
-    trade_id: UUID
-    status: TradeStatus
-    requested_at: datetime
-    expires_at: datetime
-    correlation_id: str
 
 
 class ApproveBody(_Body):
@@ -122,8 +113,82 @@ class PendingApproval(BaseModel):
 
 
 class ApprovalDetail(BaseModel):
-    """The full record: request, decision, lifecycle state and post-trade snapshot."""
+    """The full record: request, decision, lifecycle state and post-trade snapshot.
+
+    ``GET /api/hitl/{trade_id}`` and ``POST /api/hitl/requests`` both answer it. The record is in
+    ``approval``; where it stands (status, deadline, decision and why) is repeated at the top
+    level, so that a bot reads ``status`` and ``decision_reason`` of either answer alike.
+    """
 
     approval: ApprovalRequest
     integrity_ok: bool
     snapshot: PostTradeSnapshot | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trade_id(self) -> UUID:
+        """The trade."""
+        return self.approval.trade_id
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status(self) -> TradeStatus:
+        """Where the approval stands."""
+        return self.approval.status
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def requested_at(self) -> datetime:
+        """When the request was recorded."""
+        return self.approval.requested_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def expires_at(self) -> datetime:
+        """The deadline of the decision."""
+        return self.approval.expires_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def decided_at(self) -> datetime | None:
+        """When it was decided (None while it awaits a decision)."""
+        return self.approval.decided_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def decided_by(self) -> str | None:
+        """Who decided: an operator, or ``system`` (HITL off, deadline, Guardian, slippage)."""
+        return self.approval.decided_by
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def decision_reason(self) -> DecisionReason | None:
+        """Why it ended as it did (None while it awaits a decision)."""
+        return self.approval.decision_reason
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def correlation_id(self) -> str:
+        """The approval's correlation id."""
+        return self.approval.correlation_id
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether it still awaits a decision (what ``?wait=`` waits for to end)."""
+        return not self.approval.is_decided
+
+
+class UnavailablePreview(BaseModel):
+    """A pending approval whose instrument had no quote (SEC-060), and why."""
+
+    trade_id: UUID
+    instrument: str
+    error_code: str
+    message: str
+
+
+class PendingPreviews(BaseModel):
+    """The slippage previews of the approvals awaiting a decision, soonest deadline first."""
+
+    items: list[SlippagePreview]
+    unavailable: list[UnavailablePreview]

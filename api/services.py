@@ -1,6 +1,7 @@
 """What one API process holds for its lifetime: settings, database engine, Temporal client,
-declared tokens, the rate limiter, the failed-login counts and the open streams. Built in the
-lifespan hook, disposed at shutdown."""
+declared tokens, the rate limiter, the failed-login counts, the open streams, the waiters on
+approvals and the market of the slippage preview. Built in the lifespan hook, disposed at
+shutdown."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from typing import Any, TypeVar
 
 from temporalio.client import Client
 
+from activities.market_providers import MarketDataProvider, market_from_settings
 from api.failed_logins import FailedLogins
 from api.limits import LimitStore, RateLimiter
 from api.stream_limits import ConnectionCap
-from hitl.errors import ErrorCode, HITLError
+from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.principals import Principal, parse_declared_tokens
 from hitl.settings import Settings
 from hitl.signing import CommandSigner
 from store.audit import AuditEntry, record_audit
 from store.engine import AsyncEngine, Sessions, create_engine, session_factory
-from store.events import EventWaker
+from store.events import ApprovalWatch, EventWaker
 from workflows.client import ApprovalClient, GuardianClient
 from workflows.connection import connect_temporal
 
@@ -43,6 +45,13 @@ class Services:
     failed_logins: FailedLogins
     stream_connections: ConnectionCap
     limit_store: LimitStore
+    approval_watch: ApprovalWatch
+    """Where ``?wait=`` waits for an approval's news (one outbox reader for all waiters)."""
+    market: MarketDataProvider | None
+    """The worker's market, built from the same settings, for the operators' slippage preview
+    only (decisions take the workflow's own quote); None when the settings name none."""
+    market_problem: str | None
+    """Why there is no market (the settings' SEC-040 message), else None."""
 
     @classmethod
     async def start(cls, settings: Settings, *, limit_store: LimitStore | None = None) -> Services:
@@ -59,6 +68,13 @@ class Services:
         signer = CommandSigner.from_keys_dir(settings.keys_dir)
         events = EventWaker(settings.database_url)
         await events.start()
+        market: MarketDataProvider | None = None
+        market_problem: str | None = None
+        try:
+            market = market_from_settings(settings, sessions=sessions)
+        except ConfigurationError as exc:
+            # The preview is advice: without a market the API still serves everything else.
+            market_problem = exc.message
         return cls(
             settings=settings,
             engine=engine,
@@ -76,6 +92,9 @@ class Services:
             failed_logins=failed_logins,
             stream_connections=ConnectionCap(),
             limit_store=store,
+            approval_watch=ApprovalWatch(sessions, events),
+            market=market,
+            market_problem=market_problem,
         )
 
     async def bounded(self, call: Awaitable[T]) -> T:
@@ -91,7 +110,10 @@ class Services:
     async def close(self) -> None:
         """Write the failed-login counts, release the LISTEN connection and the database pool."""
         await self.failed_logins.stop()
+        await self.approval_watch.close()
         await self.events.stop()
+        if self.market is not None:
+            await self.market.aclose()
         await self.engine.dispose()
 
     async def audit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -151,3 +152,128 @@ class EventWaker:
                 # this long, never an event.
                 timeout = 5.0 if self.listens else POLL_SECONDS
                 await asyncio.wait_for(self._condition.wait(), timeout)
+
+
+class ApprovalWatch:
+    """Lets any number of requests wait for news of their approvals (``?wait=`` on the API),
+    with one reader of the outbox per process however many wait.
+
+    A waiter registers its trade id (``watch``), then reads the approval, then waits on the
+    handle: every event committed for that trade after the registration wakes it, so a change
+    that lands between its read and its wait is never missed. The reader runs only while someone
+    waits, woken by the ``EventWaker`` (NOTIFY on PostgreSQL, polling on SQLite), and costs one
+    query per wake-up, never one per waiter.
+    """
+
+    def __init__(self, sessions: Sessions, waker: EventWaker) -> None:
+        self._sessions = sessions
+        self._waker = waker
+        self._waiters: dict[UUID, set[asyncio.Event]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """How many waiters are registered now."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    @contextlib.asynccontextmanager
+    async def watch(self, trade_id: UUID) -> AsyncIterator[ApprovalNews]:
+        """Register for news of ``trade_id`` until the block ends; read the approval inside it."""
+        changed = asyncio.Event()
+        self._waiters.setdefault(trade_id, set()).add(changed)
+        try:
+            await self._ensure_reading()
+            yield ApprovalNews(changed)
+        finally:
+            waiters = self._waiters.get(trade_id)
+            if waiters is not None:
+                waiters.discard(changed)
+                if not waiters:
+                    del self._waiters[trade_id]
+            if not self._waiters:
+                self._stop_reading()
+
+    async def _ensure_reading(self) -> None:
+        # The reader's starting cursor is read after the registration: an event at or below it
+        # was committed before the waiter reads the approval, so that read already shows it.
+        if self._reader is None or self._reader.done():
+            self._started = asyncio.get_running_loop().create_future()
+            self._reader = asyncio.create_task(self._read(self._started))
+        assert self._started is not None
+        await asyncio.shield(self._started)
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._reader = None
+        self._started = None
+
+    async def close(self) -> None:
+        """Stop the reader (at shutdown)."""
+        reader = self._reader
+        self._stop_reading()
+        if reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, started: asyncio.Future[None]) -> None:
+        try:
+            cursor = await latest_event_id(self._sessions)
+        except asyncio.CancelledError:
+            started.cancel()
+            raise
+        except Exception as exc:
+            # The waiters that await the start get the failure; the next one starts afresh.
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        while True:
+            try:
+                news = await _news_after(self._sessions, cursor)
+            except Exception as exc:  # the database's failures are as many as its drivers'
+                log.warning(
+                    "approval watch cannot read the outbox",
+                    actor="api",
+                    action="events.watch",
+                    result="retrying",
+                    error=str(exc),
+                )
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            for _, trade_id in news:
+                for changed in self._waiters.get(trade_id, ()):
+                    changed.set()
+            if news:
+                cursor = news[-1][0]
+                continue
+            await self._waker.wait()
+
+
+class ApprovalNews:
+    """A waiter's handle on one approval's news (see ``ApprovalWatch.watch``)."""
+
+    def __init__(self, changed: asyncio.Event) -> None:
+        self._changed = changed
+
+    async def changed(self, within: float) -> bool:
+        """Wait at most ``within`` seconds for an event of the approval; True if one came
+        since the last call (read the approval again then), False when the time ran out."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(within, 0.0))
+        except TimeoutError:
+            return False
+        self._changed.clear()
+        return True
+
+
+async def _news_after(sessions: Sessions, cursor: int) -> list[tuple[int, UUID]]:
+    """``(id, trade_id)`` of the events after ``cursor``, oldest first (no payloads)."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(EventRow.id, EventRow.trade_id)
+            .where(EventRow.id > cursor)
+            .order_by(EventRow.id)
+            .limit(BATCH)
+        )
+        return [(int(row.id), row.trade_id) for row in rows]

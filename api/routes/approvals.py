@@ -1,17 +1,26 @@
-"""Approvals: bots create them and report fills; operators list and decide them.
+"""Approvals: bots create them, wait for them and report fills; operators list, preview and
+decide them.
 
 A bot sees and reports only the approvals it requested (another's answer 404, as if absent).
 The channel a decision is recorded with follows from the route: ``/api/hitl/…`` records API,
 the operators' page's ``/approvals/…`` records WEB; a body cannot choose it.
+
+``?wait=N`` (a request, or reading one approval) holds the answer until the approval is decided
+or N seconds passed, whichever comes first: the waiter is woken by the outbox (``ApprovalWatch``:
+one reader per process, however many wait), never by asking Temporal, and a client that hangs
+up stops its wait.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 
 from api.deps import (
     BotDep,
@@ -32,17 +41,20 @@ from api.schemas import (
     ApprovalDetail,
     ApproveBody,
     CreateApprovalBody,
-    CreatedApproval,
     DecisionResult,
     LifecycleBody,
     PendingApproval,
+    PendingPreviews,
     RejectBody,
+    UnavailablePreview,
 )
 from api.services import Services
 from hitl.decisions import refusal_at_door
 from hitl.errors import ErrorCode, HITLError
+from hitl.market import MarketQuote
 from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, Decision, DecisionChannel, TradeProposal, TradeStatus
+from hitl.preview import SlippagePreview, slippage_preview
 from hitl.principals import Principal
 from store.ownership import requester_of
 
@@ -74,6 +86,19 @@ _DECISION_ERRORS = (
 )
 
 
+MAX_WAIT_SECONDS = 60
+
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Hold the answer until the approval is decided or this many seconds (at"
+        " most 60) passed, whichever comes first; 0 answers at once.",
+    ),
+]
+
+
 @router.post(
     "/requests",
     status_code=201,
@@ -90,9 +115,18 @@ async def create_request(
     services: ServicesDep,
     session: SessionDep,
     correlation_id: CorrelationIdDep,
-) -> CreatedApproval:
-    """Start the approval of a proposed trade; it waits for an operator until it expires."""
+    request: Request,
+    wait: WaitQuery = 0,
+) -> ApprovalDetail:
+    """Start the approval of a proposed trade; it waits for an operator until it expires.
+
+    The answer is the full approval record, as ``GET /api/hitl/{trade_id}`` gives it: one the
+    gateway decided at once (HITL switched off) already says so, with its
+    ``decision_reason``. With ``?wait=N`` the answer comes when an operator decides, or after N
+    seconds with the approval still awaiting a decision."""
     await refuse_if_locked(session)
+    # Nothing below reads this session: release its connection before a long wait.
+    await session.close()
     proposal = TradeProposal(
         **body.model_dump(exclude={"correlation_id"}),
         correlation_id=body.correlation_id or correlation_id,
@@ -100,14 +134,8 @@ async def create_request(
     handle = await services.bounded(
         services.approvals.request_approval(proposal, requested_by=bot.id),
     )
-    approval = await services.bounded(handle.recorded())
-    return CreatedApproval(
-        trade_id=approval.trade_id,
-        status=approval.status,
-        requested_at=approval.requested_at,
-        expires_at=approval.expires_at,
-        correlation_id=approval.correlation_id,
-    )
+    recorded = await services.bounded(handle.recorded())
+    return await _awaited(services, request, recorded.trade_id, wait=wait)
 
 
 def _pending_key(item: PendingApproval) -> tuple[str, str]:
@@ -142,19 +170,183 @@ async def list_pending(_: OperatorDep, session: SessionDep, page: PageDep) -> Pa
 
 
 @router.get(
+    "/pending/previews",
+    responses=responses(ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORISED_OPERATOR),
+)
+async def pending_previews(_: OperatorDep, services: ServicesDep) -> PendingPreviews:
+    """The slippage preview of every approval awaiting a decision: the price an approval would
+    get now and its deviation from the requested price, with the decision's arithmetic and
+    limit (advice: the decision takes its own quote). One quote per instrument; an instrument
+    without one is listed under ``unavailable``."""
+    async with services.sessions() as session:
+        pending = await pending_approvals(session)
+    instruments = sorted({item.instrument for item in pending})
+    quotes = dict(
+        zip(
+            instruments,
+            await asyncio.gather(*(_quote(services, name) for name in instruments)),
+            strict=True,
+        )
+    )
+    previews: list[SlippagePreview] = []
+    unavailable: list[UnavailablePreview] = []
+    for item in sorted(pending, key=_sort_key):
+        quote = quotes[item.instrument]
+        if isinstance(quote, HITLError):
+            unavailable.append(
+                UnavailablePreview(
+                    trade_id=item.trade_id,
+                    instrument=item.instrument,
+                    error_code=quote.error.code,
+                    message=quote.message,
+                )
+            )
+            continue
+        previews.append(_preview(services, item.trade_id, item, quote))
+    return PendingPreviews(items=previews, unavailable=unavailable)
+
+
+@router.get(
     "/{trade_id}",
     responses=responses(
         ErrorCode.UNAUTHENTICATED, ErrorCode.NOT_FOUND, ErrorCode.INTEGRITY_FAILURE
     ),
 )
-async def get_approval(trade_id: UUID, reader: ReaderDep, session: SessionDep) -> ApprovalDetail:
+async def get_approval(
+    trade_id: UUID,
+    reader: ReaderDep,
+    session: SessionDep,
+    services: ServicesDep,
+    request: Request,
+    wait: WaitQuery = 0,
+) -> ApprovalDetail:
     """One approval: request, decision, lifecycle state and post-trade snapshot (a bot reads
-    only those it requested)."""
+    only those it requested). With ``?wait=N`` an approval awaiting a decision is answered when
+    it is decided, or as it stands after N seconds."""
     await ensure_visible(session, reader, trade_id)
+    # The check above used this request's session; the wait reads with short sessions of its
+    # own, so a long wait holds no connection.
+    await session.close()
+    return await _awaited(services, request, trade_id, wait=wait)
+
+
+@router.get(
+    "/{trade_id}/preview",
+    responses=responses(
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.UNAUTHORISED_OPERATOR,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.ALREADY_DECIDED,
+        ErrorCode.MARKET_DATA_UNAVAILABLE,
+    ),
+)
+async def get_preview(
+    trade_id: UUID, _: OperatorDep, services: ServicesDep, session: SessionDep
+) -> SlippagePreview:
+    """The slippage preview of one approval awaiting a decision (see ``/pending/previews``);
+    409 SEC-012 once it is decided, 503 SEC-060 when there is no quote."""
     detail = await approval_detail(session, trade_id)
     if detail is None:
         raise not_found(trade_id)
+    if not detail.awaiting:
+        raise HITLError(
+            ErrorCode.ALREADY_DECIDED,
+            f"trade {trade_id} is {detail.status.value}: there is nothing left to preview",
+            approval=detail.approval,
+        )
+    quote = await _quote(services, detail.approval.instrument)
+    if isinstance(quote, HITLError):
+        raise quote
+    return _preview(services, trade_id, detail.approval, quote)
+
+
+def _preview(
+    services: Services,
+    trade_id: UUID,
+    approval: PendingApproval | ApprovalRequest,
+    quote: MarketQuote,
+) -> SlippagePreview:
+    return slippage_preview(
+        trade_id=trade_id,
+        side=approval.side,
+        request_price=approval.request_price,
+        quote=quote,
+        # The API's HITL_SLIPPAGE_MAX_PERCENT, which deployments share with the worker's.
+        max_slippage_pct=services.settings.hitl.slippage_max_percent,
+    )
+
+
+async def _quote(services: Services, instrument: str) -> MarketQuote | HITLError:
+    """The market's quote of ``instrument`` for a preview, or the SEC-060 error saying why not."""
+    if services.market is None:
+        return HITLError(
+            ErrorCode.MARKET_DATA_UNAVAILABLE,
+            f"the API has no market to preview with: {services.market_problem}",
+        )
+    try:
+        async with asyncio.timeout(_QUOTE_SECONDS):
+            return await services.market.quote(instrument)
+    except HITLError as exc:
+        return exc
+    except TimeoutError:
+        return HITLError(
+            ErrorCode.MARKET_DATA_UNAVAILABLE,
+            f"no quote of {instrument!r} within {_QUOTE_SECONDS} s",
+        )
+
+
+_QUOTE_SECONDS = 5.0
+"""A preview never waits longer for its quote (HTTP quotes have their own, shorter, limit)."""
+
+
+async def _awaited(
+    services: Services, request: Request, trade_id: UUID, *, wait: float
+) -> ApprovalDetail:
+    """The approval's full record once it is decided, or as it stands after ``wait`` seconds
+    (at once with 0), or when the client hangs up (the answer then goes nowhere)."""
+    if wait <= 0:
+        return await _read_detail(services, trade_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    # Registered before the first read, so a decision landing between the read and the wait
+    # still wakes it.
+    async with services.approval_watch.watch(trade_id) as news:
+        gone = asyncio.ensure_future(_until_disconnected(request))
+        try:
+            while True:
+                detail = await _read_detail(services, trade_id)
+                left = deadline - loop.time()
+                if not detail.awaiting or left <= 0 or gone.done():
+                    return detail
+                changed = asyncio.ensure_future(news.changed(left))
+                await asyncio.wait({changed, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not changed.done():
+                    changed.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await changed
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+
+
+async def _read_detail(services: Services, trade_id: UUID) -> ApprovalDetail:
+    """The stored record, read in a short session of its own (a long wait holds no
+    connection)."""
+    async with services.sessions() as session:
+        detail = await approval_detail(session, trade_id)
+    if detail is None:
+        raise not_found(trade_id)
     return detail
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Return when the client hangs up (the ASGI server's ``http.disconnect``)."""
+    # The body, if any, was read before the route ran: what comes next is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def _decide(
