@@ -25,7 +25,6 @@ from uuid import UUID
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -35,6 +34,7 @@ from hitl.errors import ErrorCode
 from hitl.messages import workflow_id_for
 from hitl.models import TradeStatus, UtcDatetime
 from store.approvals import close_lost_approval
+from store.engine import Sessions
 from store.reconcile import (
     LIFECYCLE_OPEN,
     OpenRow,
@@ -234,7 +234,7 @@ class ReconcileActivities:
     """One reconciliation pass, as an activity; built in ``worker.py`` with sessions and the
     Temporal client."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], client: Client) -> None:
+    def __init__(self, sessions: Sessions, client: Client) -> None:
         self._sessions = sessions
         self._client = client
 

@@ -13,11 +13,11 @@ from uuid import UUID
 
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hitl.messages import SYSTEM_ACTOR
 from hitl.models import TradeStatus
 from store.audit import AuditEntry, record_audit
+from store.engine import Sessions
 from store.integrity import approval_mac_ok, legacy_approval_last_id
 from store.tables import ApprovalRow, approval_from_row
 
@@ -41,7 +41,7 @@ class OpenRow:
     """Its MAC matches its content."""
 
 
-async def open_rows(sessions: async_sessionmaker[AsyncSession]) -> list[OpenRow]:
+async def open_rows(sessions: Sessions) -> list[OpenRow]:
     """Every row AWAITING_APPROVAL or in an open lifecycle state, with whether it is intact."""
     statuses = [TradeStatus.AWAITING_APPROVAL.value, *(s.value for s in LIFECYCLE_OPEN)]
     async with sessions() as session:
@@ -67,9 +67,7 @@ async def open_rows(sessions: async_sessionmaker[AsyncSession]) -> list[OpenRow]
     return rows
 
 
-async def trade_ids_without_row(
-    sessions: async_sessionmaker[AsyncSession], trade_ids: Sequence[UUID]
-) -> list[UUID]:
+async def trade_ids_without_row(sessions: Sessions, trade_ids: Sequence[UUID]) -> list[UUID]:
     """Those of ``trade_ids`` that have no approval row at all."""
     known: set[UUID] = set()
     async with sessions() as session:
@@ -83,7 +81,7 @@ async def trade_ids_without_row(
 
 
 async def record_reconcile_finding(
-    sessions: async_sessionmaker[AsyncSession],
+    sessions: Sessions,
     *,
     kind: str,
     trade_id: UUID,
