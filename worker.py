@@ -59,7 +59,7 @@ def activities_for(
     """Every activity the workflows call, bound to its dependencies (the trust and the signer
     of lock notices default to the settings' keys folder and policy)."""
     persistence = PersistenceActivities(sessions)
-    notifications = NotificationActivities(notifier)
+    notifications = NotificationActivities(notifier, sessions)
     market = MarketDataActivities(provider)
     policy = PolicyActivities(trust or WorkerTrust.from_settings(get_settings()))
     signer = signer or CommandSigner.from_keys_dir(get_settings().keys_dir)
@@ -77,6 +77,7 @@ def activities_for(
         notifications.notify_approval_requested,
         notifications.notify_approval_expired,
         notifications.notify_approval_decided,
+        notifications.notify_approval_reminder,
         notifications.notify_security_alert,
         notifications.notify_guardian_cascade,
         market.fetch_quote,

@@ -18,18 +18,27 @@ import structlog
 
 from activities.deep_links import deep_link_url, issue_deep_link
 from activities.discord_render import (
+    NO_MENTIONS,
     approval_embed,
     approval_text,
     cascade_embed,
     decision_view,
+    escalation_mentions,
     expiry_notice_embed,
     outcome_embed,
+    reminder_text,
     security_alert_embed,
 )
 from activities.discord_rest import DiscordChannel, message_key
 from activities.notifications import ConsoleNotifier, Notifier
 from hitl.errors import ConfigurationError
-from hitl.messages import SYSTEM_ACTOR, GuardianCascadeSummary, SecurityAlertInput
+from hitl.messages import (
+    SYSTEM_ACTOR,
+    GuardianCascadeSummary,
+    ReminderKind,
+    SecurityAlertInput,
+    temporal_ui_link,
+)
 from hitl.models import ApprovalRequest
 from hitl.settings import Settings
 from store.audit import GUARDIAN_TARGET
@@ -54,8 +63,14 @@ class DiscordNotifier:
         hub_url: str,
         sessions: Sessions,
         api_base_url: str = "",
+        temporal_ui_url: str = "",
+        namespace: str = "default",
+        escalation_role_id: int | None = None,
     ) -> None:
         self._hub_url = hub_url
+        self._temporal_ui_url = temporal_ui_url
+        self._namespace = namespace
+        self._escalation_role_id = escalation_role_id
         self._sessions = sessions
         self._channel = DiscordChannel(
             token=token, channel_id=channel_id, sessions=sessions, api_base_url=api_base_url
@@ -75,6 +90,9 @@ class DiscordNotifier:
             hub_url=settings.hitl.hub_url,
             sessions=sessions,
             api_base_url=discord_settings.api_base_url,
+            temporal_ui_url=settings.hitl.temporal_ui_url,
+            namespace=settings.temporal.namespace,
+            escalation_role_id=discord_settings.escalation_role_id,
         )
 
     async def aclose(self) -> None:
@@ -107,7 +125,13 @@ class DiscordNotifier:
                 correlation_id=approval.correlation_id,
             )
             link = deep_link_url(self._hub_url, approval.trade_id, token)
-            embed = approval_embed(approval, link=link)
+            embed = approval_embed(
+                approval,
+                link=link,
+                temporal_link=temporal_ui_link(
+                    self._temporal_ui_url, self._namespace, approval.trade_id
+                ),
+            )
             message = await self._channel.send(
                 key,
                 content=approval_text(approval),
@@ -159,6 +183,37 @@ class DiscordNotifier:
             original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
             if original is not None:
                 await self._channel.replace(original, embed=outcome_embed(approval))
+
+    async def approval_reminder(self, approval: ApprovalRequest, kind: ReminderKind) -> None:
+        """Post the reminder or escalation as a reply to the approval message (so it links to
+        the buttons); an escalation mentions ``DISCORD_ESCALATION_ROLE_ID``, the only mention
+        any message of the gateway allows."""
+        event = f"approval_{kind.value}"
+        key = message_key(approval.trade_id, event)
+
+        async def post() -> discord.Message | None:
+            if approval.expires_at <= datetime.now(UTC):
+                return None  # a retry past the deadline: the timeout notice says it all
+            fields = {
+                "content": reminder_text(approval, kind, role_id=self._escalation_role_id),
+                "allowed_mentions": (
+                    escalation_mentions(self._escalation_role_id)
+                    if kind is ReminderKind.ESCALATION
+                    else NO_MENTIONS
+                ),
+            }
+            original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
+            if original is not None:
+                return await self._channel.reply(key, original, **fields)
+            return await self._channel.send(key, **fields)
+
+        await self._channel.post_once(
+            key,
+            event=event,
+            subject=str(approval.trade_id),
+            correlation_id=approval.correlation_id,
+            post=post,
+        )
 
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Post the alert."""

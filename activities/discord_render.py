@@ -15,7 +15,7 @@ from uuid import UUID
 import discord
 
 from hitl.errors import ErrorCode, HITLError
-from hitl.messages import GuardianCascadeSummary, SecurityAlertInput
+from hitl.messages import GuardianCascadeSummary, ReminderKind, SecurityAlertInput
 from hitl.models import ApprovalRequest, Decision, DecisionReason, TradeStatus
 
 CUSTOM_ID_TEMPLATE: Final = (
@@ -47,6 +47,15 @@ def as_text(text: str) -> str:
 
 NO_MENTIONS: Final = discord.AllowedMentions.none()
 """What every message the gateway sends allows to ping: nobody (see the clients' set-up)."""
+
+
+def escalation_mentions(role_id: int | None) -> discord.AllowedMentions:
+    """What an escalation may ping: exactly the escalation role (nobody when none is set)."""
+    if role_id is None:
+        return NO_MENTIONS
+    return discord.AllowedMentions(
+        everyone=False, users=False, roles=[discord.Object(id=role_id)], replied_user=False
+    )
 
 
 def _number(value: Decimal) -> str:
@@ -84,8 +93,11 @@ def approval_text(approval: ApprovalRequest) -> str:
     return f"Approval needed: {_title(approval)}, expires {_stamp(approval.expires_at, 'R')}"
 
 
-def approval_embed(approval: ApprovalRequest, *, link: str) -> discord.Embed:
-    """The request: the trade, a live countdown, the bot's reasoning and the deep link."""
+def approval_embed(
+    approval: ApprovalRequest, *, link: str, temporal_link: str | None = None
+) -> discord.Embed:
+    """The request: the trade, a live countdown, the bot's reasoning and the deep link (and,
+    when ``HITL_TEMPORAL_UI_URL`` is set, the approval's workflow in the Temporal UI)."""
     embed = discord.Embed(
         title=f"Approval needed: {_title(approval)}",
         url=link,
@@ -96,8 +108,19 @@ def approval_embed(approval: ApprovalRequest, *, link: str) -> discord.Embed:
     _add_trade_fields(embed, approval)
     embed.add_field(name="Expires", value=_stamp(approval.expires_at, "R"))
     embed.add_field(name="Review", value=f"[Open in the HITL Hub]({link}) (one-time link)")
+    if temporal_link:
+        embed.add_field(name="Workflow", value=f"[Open in the Temporal UI]({temporal_link})")
     embed.set_footer(text=f"correlation {approval.correlation_id}")
     return embed
+
+
+def reminder_text(approval: ApprovalRequest, kind: ReminderKind, *, role_id: int | None) -> str:
+    """The reminder (or escalation, mentioning the escalation role) of an undecided approval."""
+    expires = _stamp(approval.expires_at, "R")
+    if kind is ReminderKind.REMINDER:
+        return f"Reminder: {_title(approval)} still awaits a decision; it expires {expires}."
+    mention = f"<@&{role_id}> " if role_id is not None else ""
+    return f"{mention}Escalation: {_title(approval)} is still undecided and expires {expires}."
 
 
 def outcome_embed(approval: ApprovalRequest) -> discord.Embed:

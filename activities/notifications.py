@@ -11,8 +11,16 @@ from typing import Protocol
 import structlog
 from temporalio import activity
 
-from hitl.messages import GuardianCascadeSummary, NotifyInput, SecurityAlertInput
+from hitl.messages import (
+    GuardianCascadeSummary,
+    NotifyInput,
+    ReminderInput,
+    ReminderKind,
+    SecurityAlertInput,
+)
 from hitl.models import ApprovalRequest
+from store.engine import Sessions
+from store.notices import record_notice
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +36,9 @@ class Notifier(Protocol):
 
     async def approval_decided(self, approval: ApprovalRequest) -> None:
         """An approval was decided outside the notifier's own channel (API, page)."""
+
+    async def approval_reminder(self, approval: ApprovalRequest, kind: ReminderKind) -> None:
+        """An approval is still undecided at the policy's reminder (or escalation) point."""
 
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Something failed an integrity check."""
@@ -97,6 +108,21 @@ class ConsoleNotifier:
             channel=approval.decision_channel,
         )
 
+    async def approval_reminder(self, approval: ApprovalRequest, kind: ReminderKind) -> None:
+        """Log the reminder (a warning for an escalation)."""
+        emit = log.warning if kind is ReminderKind.ESCALATION else log.info
+        emit(
+            f"approval still awaiting a decision ({kind.value})",
+            correlation_id=approval.correlation_id,
+            actor="system",
+            action=f"notify.approval_{kind.value}",
+            result="sent",
+            trade_id=str(approval.trade_id),
+            instrument=approval.instrument,
+            side=approval.side.value,
+            expires_at=approval.expires_at.isoformat(),
+        )
+
     async def guardian_cascade(self, summary: GuardianCascadeSummary) -> None:
         """Log the cascade summary."""
         log.warning(
@@ -111,10 +137,12 @@ class ConsoleNotifier:
 
 
 class NotificationActivities:
-    """Notification activities; built in ``worker.py`` with the configured notifier."""
+    """Notification activities; built in ``worker.py`` with the configured notifier (and the
+    database, where reminders are recorded)."""
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, sessions: Sessions | None = None) -> None:
         self._notifier = notifier
+        self._sessions = sessions
 
     @activity.defn(name="notify_approval_requested")
     async def notify_approval_requested(self, data: NotifyInput) -> None:
@@ -130,6 +158,24 @@ class NotificationActivities:
     async def notify_approval_decided(self, data: NotifyInput) -> None:
         """Tell operators how an approval was decided (so no button waits on it)."""
         await self._notifier.approval_decided(data.approval)
+
+    @activity.defn(name="notify_approval_reminder")
+    async def notify_approval_reminder(self, data: ReminderInput) -> None:
+        """Remind (or escalate to) the operators: recorded once in the audit trail and the
+        event stream (``hitl.reminded``, ``hitl.escalated``, which the page shows), then sent;
+        a retry after a failed send records nothing again."""
+        if self._sessions is None:
+            raise RuntimeError("reminders need the database: build with sessions")
+        approval = data.approval
+        await record_notice(
+            self._sessions,
+            approval=approval,
+            action=f"approval.{data.kind.value}",
+            event_type=data.kind.event_type,
+            key=f"{approval.trade_id}:{data.kind.value}",
+            payload={"at_percent": str(data.at_percent), "due_at": data.due_at.isoformat()},
+        )
+        await self._notifier.approval_reminder(approval, data.kind)
 
     @activity.defn(name="notify_security_alert")
     async def notify_security_alert(self, data: SecurityAlertInput) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -42,6 +43,13 @@ class ApprovalPolicy(_Message):
     timeout_seconds: Annotated[int, Field(gt=0)] = 300
     slippage_max_percent: Annotated[Decimal, Field(ge=0)] = Decimal("0.5")
     allowed_operators: frozenset[str]
+    remind_at_percent: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(50)
+    """When, in percent of the window, the operators are reminded of an undecided approval
+    (``HITL_REMIND_AT``); 0 sends no reminder. Policies recorded before this field read the
+    default, but their histories never reach the reminders (``workflow.patched``)."""
+    escalate_at_percent: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(80)
+    """When, in percent of the window, an undecided approval is escalated
+    (``HITL_ESCALATE_AT``); 0 never escalates."""
 
 
 class ApprovalWorkflowInput(_Message):
@@ -75,6 +83,21 @@ class ApprovalAdmission(_Message):
 def workflow_id_for(trade_id: UUID) -> str:
     """The one workflow id of a trade's approval, so a second start for it is refused."""
     return f"approval-{trade_id}"
+
+
+def temporal_ui_link(ui_url: str, namespace: str, trade_id: UUID) -> str | None:
+    """The approval's page in the Temporal Web UI at ``ui_url`` (``HITL_TEMPORAL_UI_URL``);
+    None when no UI is configured."""
+    base = ui_url.strip().rstrip("/")
+    if not base:
+        return None
+    return f"{base}/namespaces/{namespace}/workflows/{workflow_id_for(trade_id)}"
+
+
+def hub_page_link(hub_url: str, trade_id: UUID) -> str:
+    """The approval on the operators' page (``HITL_HUB_URL``; the page's ``/approvals/{id}``
+    route), without a deep link's one-time token: signing in is still needed to decide."""
+    return f"{hub_url.rstrip('/')}/approvals/{trade_id}"
 
 
 class DecisionCommand(_Message):
@@ -188,6 +211,29 @@ class NotifyInput(_Message):
 
     approval: ApprovalRequest
     event: str
+
+
+class ReminderKind(StrEnum):
+    """What an undecided approval's timer fires: a reminder, then an escalation."""
+
+    REMINDER = "reminder"
+    ESCALATION = "escalation"
+
+    @property
+    def event_type(self) -> str:
+        """Its outbox event (``hitl.reminded``, ``hitl.escalated``), which the page reacts to."""
+        return "hitl.reminded" if self is ReminderKind.REMINDER else "hitl.escalated"
+
+
+class ReminderInput(_Message):
+    """Remind (or escalate to) the operators of an approval still undecided at ``due_at``."""
+
+    approval: ApprovalRequest
+    kind: ReminderKind
+    at_percent: Decimal
+    """The point of the window it fires at (the policy's ``remind_at_percent`` or
+    ``escalate_at_percent``)."""
+    due_at: UtcDatetime
 
 
 class SecurityAlertInput(_Message):

@@ -39,6 +39,15 @@ class HITLSettings(BaseSettings):
     audit_verify_seconds: Annotated[int, Field(gt=0)] = 300
     """How often the worker verifies what was appended to the audit chain
     (``HITL_AUDIT_VERIFY_SECONDS``; also once at start)."""
+    remind_at: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(50)
+    """When an undecided approval is reminded, in percent of its window (``HITL_REMIND_AT``,
+    ``50`` or ``50%``; 0 for never)."""
+    escalate_at: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(80)
+    """When an undecided approval is escalated, in percent of its window (``HITL_ESCALATE_AT``;
+    0 for never)."""
+    temporal_ui_url: str = ""
+    """The Temporal Web UI the page, Discord and the workflow's details link to
+    (``HITL_TEMPORAL_UI_URL``; ``make run`` sets its dev server's); empty for no links."""
     rate_limit_storage: SecretStr = SecretStr("")
     """Where the API's rate limits count (``HITL_RATE_LIMIT_STORAGE``): empty for each process's
     memory, ``redis://host:6379/0`` for a Redis shared by every API process."""
@@ -51,6 +60,11 @@ class HITLSettings(BaseSettings):
         if not value:
             raise ValueError("must name at least one operator")
         return value
+
+    @field_validator("remind_at", "escalate_at", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        return value.strip().removesuffix("%").strip() if isinstance(value, str) else value
 
 
 class DatabaseSettings(BaseSettings):
@@ -175,6 +189,9 @@ class DiscordSettings(BaseSettings):
     ``api_base_url`` is set, else discord.py's default. Tests point it at a fake."""
     operators: str = ""
     """``discord_user_id:operator_id`` pairs, comma-separated: who may decide by button."""
+    escalation_role_id: int | None = None
+    """The role an escalation mentions (``DISCORD_ESCALATION_ROLE_ID``): the one mention any
+    message of the gateway allows."""
 
     @property
     def enabled(self) -> bool:
@@ -192,6 +209,8 @@ class Settings(BaseModel):
             timeout_seconds=self.hitl.timeout_seconds,
             slippage_max_percent=self.hitl.slippage_max_percent,
             allowed_operators=self.hitl.allowed_operators,
+            remind_at_percent=self.hitl.remind_at,
+            escalate_at_percent=self.hitl.escalate_at,
         )
 
     hitl: HITLSettings

@@ -21,7 +21,12 @@ from temporalio.worker import Worker
 from activities.market_providers import MarketDataProvider, SimulatedMarketData
 from activities.policy import WorkerTrust
 from hitl.keys import KeyPurpose, KeyringFile
-from hitl.messages import ApprovalPolicy, GuardianCascadeSummary, SecurityAlertInput
+from hitl.messages import (
+    ApprovalPolicy,
+    GuardianCascadeSummary,
+    ReminderKind,
+    SecurityAlertInput,
+)
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
@@ -29,6 +34,7 @@ from store.engine import create_engine, session_factory
 from worker import activities_for, build_worker
 from workflows.client import ApprovalClient
 from workflows.connection import gateway_data_converter
+from workflows.search_attributes import KEYS, ensure_registered
 
 BIN = Path(sys.executable).parent
 DEV_SERVER_PRAGMAS = [
@@ -46,6 +52,7 @@ class RecordingNotifier:
     requested: list[ApprovalRequest] = field(default_factory=list)
     expired: list[ApprovalRequest] = field(default_factory=list)
     decided: list[ApprovalRequest] = field(default_factory=list)
+    reminders: list[tuple[ReminderKind, ApprovalRequest]] = field(default_factory=list)
     alerts: list[SecurityAlertInput] = field(default_factory=list)
     cascades: list[GuardianCascadeSummary] = field(default_factory=list)
 
@@ -60,6 +67,10 @@ class RecordingNotifier:
     async def approval_decided(self, approval: ApprovalRequest) -> None:
         """Record a decision notice."""
         self.decided.append(approval)
+
+    async def approval_reminder(self, approval: ApprovalRequest, kind: ReminderKind) -> None:
+        """Record a reminder or escalation."""
+        self.reminders.append((kind, approval))
 
     async def security_alert(self, alert: SecurityAlertInput) -> None:
         """Record a security alert."""
@@ -78,6 +89,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=gateway_data_converter(get_settings()),
         dev_server_existing_path=str(BIN / "temporal"),
         dev_server_extra_args=DEV_SERVER_PRAGMAS,
+        # Registered as make run does; ApprovalClient would add them on its first start.
+        search_attributes=KEYS,
     )
     yield env
     await env.shutdown()
@@ -90,6 +103,8 @@ async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=gateway_data_converter(get_settings()),
         test_server_existing_path=str(BIN / "temporal-test-server"),
     )
+    # Before any workflow upserts them: an unregistered attribute makes it hang here.
+    await ensure_registered(env.client)
     yield env
     await env.shutdown()
 
@@ -145,12 +160,16 @@ class Gateway:
 
 
 def make_policy(**overrides: Any) -> ApprovalPolicy:
-    """The default test policy: operators alice and bob, 300 s, 0.5 %."""
+    """The default test policy: operators alice and bob, 300 s, 0.5 %, no reminders."""
     values: dict[str, Any] = {
         "enabled": True,
         "timeout_seconds": 300,
         "slippage_max_percent": Decimal("0.5"),
         "allowed_operators": frozenset({"alice", "bob"}),
+        # No reminders unless a test asks for them: tests of other things (many with 1 s
+        # windows) see exactly the notices, events and audit entries they expect.
+        "remind_at_percent": Decimal(0),
+        "escalate_at_percent": Decimal(0),
     }
     values.update(overrides)
     return ApprovalPolicy(**values)

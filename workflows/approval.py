@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         RecordRequestInput,
         RecordSnapshotInput,
         RecordTransitionInput,
+        ReminderInput,
+        ReminderKind,
         SecurityAlertInput,
     )
     from hitl.models import (
@@ -53,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from hitl.signing import CommandAction, CommandProof, SeenProofs
     from hitl.slippage import SlippageGuard
+    from workflows import search_attributes
 
 DB_TIMEOUT = timedelta(seconds=30)
 # Writes must land eventually: retry without limit, backing off to 10 s.
@@ -77,6 +80,11 @@ SIGNED_COMMANDS = "signed-commands"
 must carry the gateway's proof) and take the worker's policy, recorded in history; older
 histories replay with the policy their input carried. Their unsigned Guardian signal is ignored."""
 ADMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
+
+OPERATOR_VIEW = "operator-view"
+"""Patch id: approvals started from this version on upsert their search attributes and current
+details at every change, summarise their timers and activities, and remind (then escalate to)
+the operators on durable timers (issue 18); older histories replay without those commands."""
 
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
@@ -111,6 +119,12 @@ class ApprovalWorkflow:
         self._notices: list[asyncio.Task[None]] = []
         self._recorded_by: str | None = None
         """The id of the update whose decision was recorded, if an update's was."""
+        self._visible = False
+        """Whether this run shows itself to operators (``OPERATOR_VIEW``)."""
+        self._published: tuple[Any, ...] | None = None
+        """What the search attributes last upserted said, so an unchanged state adds nothing."""
+        self._reminded: list[ReminderKind] = []
+        """The reminder and escalation sent so far, in order."""
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -125,9 +139,12 @@ class ApprovalWorkflow:
         approval = await self._short(
             PersistenceActivities.record_request,
             RecordRequestInput(approval=draft, requested_by=data.requested_by),
+            summary="record the request",
         )
         self._approval = approval
+        self._publish()
         notified: asyncio.Task[None] | None = None
+        reminders: asyncio.Task[None] | None = None
         if not policy.enabled:
             workflow.logger.warning(
                 "HITL disabled: trade %s approved without a human decision", approval.trade_id
@@ -142,12 +159,16 @@ class ApprovalWorkflow:
                 )
         elif not approval.is_decided:  # decided at once when the Guardian was locked
             notified = asyncio.create_task(self._notify("notify_approval_requested", approval))
+            if self._visible:
+                reminders = asyncio.create_task(self._remind())
             await self._await_decision_or_expiry()
         if self._current.status is TradeStatus.ACCEPTED:
             await self._capture_snapshot()
             await workflow.wait_condition(lambda: self._current.status in TERMINAL_STATES)
         if notified is not None:
             await notified
+        if reminders is not None:
+            await reminders
         await asyncio.gather(*self._notices)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._current
@@ -160,6 +181,7 @@ class ApprovalWorkflow:
         # new histories too: on replay a patch marker recorded after a local activity in the
         # same workflow task is not seen in time (a nondeterminism error with no workflow cache).
         workflow.patched(LOCAL_ACTIVITIES)
+        self._visible = workflow.patched(OPERATOR_VIEW)
         if signed:
             admission = await workflow.execute_local_activity_method(
                 PolicyActivities.admit_approval,
@@ -218,6 +240,26 @@ class ApprovalWorkflow:
         assert self._approval is not None, "the approval is recorded before anything reads it"
         return self._approval
 
+    def _summary(self, text: str) -> str | None:
+        """A short summary for a timer or activity, in runs that show themselves."""
+        return text if self._visible else None
+
+    def _publish(self) -> None:
+        """Show the approval as it stands: search attributes (upserted only when they change:
+        each upsert is an event in history) and current details (not in history)."""
+        if not self._visible or self._approval is None:
+            return
+        approval = self._approval
+        state = (approval.status, approval.decided_by, approval.expires_at)
+        if state != self._published:
+            workflow.upsert_search_attributes(
+                search_attributes.updates_for(approval, requested_by=self._input.requested_by)
+            )
+            self._published = state
+        workflow.set_current_details(
+            search_attributes.current_details(approval, notices=self._reminded)
+        )
+
     async def _short(
         self,
         activity: Callable[[Any, ArgT], Awaitable[RetT]],
@@ -226,6 +268,7 @@ class ApprovalWorkflow:
         limit: timedelta = DB_TIMEOUT,
         retry: RetryPolicy = DB_RETRY,
         local: bool = True,
+        summary: str | None = None,
     ) -> RetT:
         """Run a short read or write (a quote, one transaction). As a local activity it runs in
         this worker without a round trip through the server's task queues: about half the
@@ -238,10 +281,18 @@ class ApprovalWorkflow:
         """
         if local and workflow.patched(LOCAL_ACTIVITIES):
             return await workflow.execute_local_activity_method(
-                activity, argument, start_to_close_timeout=limit, retry_policy=retry
+                activity,
+                argument,
+                start_to_close_timeout=limit,
+                retry_policy=retry,
+                summary=self._summary(summary or activity.__name__),
             )
         return await workflow.execute_activity_method(
-            activity, argument, start_to_close_timeout=limit, retry_policy=retry
+            activity,
+            argument,
+            start_to_close_timeout=limit,
+            retry_policy=retry,
+            summary=self._summary(summary or activity.__name__),
         )
 
     async def _await_decision_or_expiry(self) -> None:
@@ -253,6 +304,7 @@ class ApprovalWorkflow:
                     await workflow.wait_condition(
                         lambda: self._current.is_decided or self._guardian is not None,
                         timeout=remaining,
+                        timeout_summary=self._summary("deadline"),
                     )
             if self._guardian is not None:
                 await self._adopt_guardian_rejection(self._guardian)
@@ -273,6 +325,56 @@ class ApprovalWorkflow:
                     # (A Guardian lock may have rejected it first; that is no expiry.)
                     if self._current.decision_reason is DecisionReason.HITL_TIMEOUT:
                         await self._notify("notify_approval_expired", self._current)
+
+    async def _remind(self) -> None:
+        """Remind the operators, then escalate, at the policy's points of the window: once
+        each, on durable timers, and not at all once the approval is decided (or the Guardian
+        locked)."""
+        approval = self._current
+        policy = self._policy_now
+        window = approval.expires_at - approval.requested_at
+        steps = sorted(
+            (percent, kind)
+            for kind, percent in (
+                (ReminderKind.REMINDER, policy.remind_at_percent),
+                (ReminderKind.ESCALATION, policy.escalate_at_percent),
+            )
+            if percent > 0
+        )
+
+        def settled() -> bool:
+            return self._current.is_decided or self._guardian is not None
+
+        for percent, kind in steps:
+            due = approval.requested_at + window * (float(percent) / 100)
+            delay = due - workflow.now()
+            if delay > timedelta(0):
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        settled,
+                        timeout=delay,
+                        timeout_summary=f"{kind.value} at {percent} % of the window",
+                    )
+            if settled():
+                return
+            try:
+                await workflow.execute_activity(
+                    "notify_approval_reminder",
+                    ReminderInput(
+                        approval=self._current, kind=kind, at_percent=percent, due_at=due
+                    ),
+                    start_to_close_timeout=NOTIFY_TIMEOUT,
+                    # Pointless once the deadline has passed: the expiry notice follows.
+                    schedule_to_close_timeout=max(
+                        approval.expires_at - workflow.now(), timedelta(seconds=1)
+                    ),
+                    retry_policy=NOTIFY_RETRY,
+                    summary=f"{kind.value} to the operators",
+                )
+            except ActivityError as exc:
+                workflow.logger.warning("%s failed: %s", kind.value, exc.cause)
+            self._reminded.append(kind)
+            self._publish()
 
     @workflow.signal
     def guardian_locked(self, notice: GuardianLockNotice) -> None:
@@ -442,6 +544,7 @@ class ApprovalWorkflow:
                 FetchQuoteInput(instrument=instrument, correlation_id=correlation_id),
                 limit=QUOTE_TIMEOUT,
                 retry=QUOTE_RETRY,
+                summary=f"quote {instrument}",
             )
         except ActivityError as exc:
             _fail(
@@ -485,8 +588,10 @@ class ApprovalWorkflow:
                 error_code=error_code,
             ),
             local=local,
+            summary=f"record {status.value} ({reason.value})",
         )
         self._approval = result.approval
+        self._publish()
         update = workflow.current_update_info()
         if update is not None and result.approval.is_decided:
             self._recorded_by = update.id
@@ -523,6 +628,7 @@ class ApprovalWorkflow:
             ),
             start_to_close_timeout=NOTIFY_TIMEOUT,
             retry_policy=NOTIFY_RETRY,
+            summary=self._summary("security alert to the operators"),
         )
 
     async def _notify(self, activity_name: str, approval: ApprovalRequest) -> None:
@@ -535,6 +641,7 @@ class ApprovalWorkflow:
                 start_to_close_timeout=NOTIFY_TIMEOUT,
                 schedule_to_close_timeout=timedelta(seconds=self._policy_now.timeout_seconds),
                 retry_policy=NOTIFY_RETRY,
+                summary=self._summary(activity_name.removeprefix("notify_").replace("_", " ")),
             )
         except ActivityError as exc:
             workflow.logger.warning("notification %s failed: %s", activity_name, exc.cause)
@@ -549,6 +656,7 @@ class ApprovalWorkflow:
         self._snapshot = await self._short(
             PersistenceActivities.record_snapshot,
             RecordSnapshotInput(approval=approval, quote=quote),
+            summary="record the post-trade snapshot",
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -595,7 +703,9 @@ class ApprovalWorkflow:
                         correlation_id=command.correlation_id,
                         details=command.details,
                     ),
+                    summary=f"record {command.target.value}",
                 )
+                self._publish()
             except (ActivityError, ApplicationError) as exc:
                 # A local activity's failure arrives as its ApplicationError, a regular one's
                 # wrapped in an ActivityError.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -34,11 +35,13 @@ from hitl.messages import (
     GuardianStatus,
     LifecycleCommand,
     guardian_workflow_id,
+    hub_page_link,
     workflow_id_for,
 )
 from hitl.models import ApprovalRequest, Decision, TradeProposal
 from hitl.settings import get_settings
 from hitl.signing import CommandAction, CommandSigner
+from workflows import search_attributes
 from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
 
@@ -227,6 +230,8 @@ class ApprovalClient:
         self._client = client
         self._task_queue = task_queue
         self._signer = signer or default_signer()
+        self._registered = False
+        """Whether this client has made sure its search attributes are registered."""
 
     @property
     def temporal(self) -> Client:
@@ -244,7 +249,14 @@ class ApprovalClient:
             workflow_id=workflow_id,
             action=CommandAction.START,
         )
+        settings = get_settings()
+        # The starter's reckoning of the deadline, for the one-line summary only: the worker's
+        # policy sets the real one (HitlExpiresAt, the current details).
+        expected_expiry = datetime.now(UTC) + timedelta(seconds=settings.hitl.timeout_seconds)
         try:
+            if not self._registered:
+                await search_attributes.ensure_registered(self._client)
+                self._registered = True
             handle = await self._client.start_workflow(
                 ApprovalWorkflow.run,
                 start,
@@ -252,6 +264,17 @@ class ApprovalClient:
                 task_queue=self._task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=search_attributes.start_attributes(
+                    proposal, requested_by=requested_by
+                ),
+                static_summary=search_attributes.static_summary(
+                    proposal, expires_at=expected_expiry
+                ),
+                static_details=search_attributes.static_details(
+                    proposal,
+                    requested_by=requested_by,
+                    page_link=hub_page_link(settings.hitl.hub_url, proposal.trade_id),
+                ),
             )
         except WorkflowAlreadyStartedError as exc:
             raise HITLError(
