@@ -31,6 +31,7 @@ from migrations.runner import upgrade_to_head
 from store.engine import create_engine, session_factory
 from tests.temporal_fixtures import BIN, make_proposal, start_gateway
 from workflows.client import GuardianClient
+from workflows.search_attributes import ensure_registered
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 
@@ -48,11 +49,19 @@ async def _record(tag: str) -> None:
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(BIN / "temporal-test-server"),
     )
+    # An unregistered search attribute makes a workflow hang on this server.
+    await ensure_registered(env.client)
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite+aiosqlite:///{folder}/hitl.db"
         await asyncio.to_thread(upgrade_to_head, url)
         engine = create_engine(url)
-        gw = await start_gateway(env, session_factory(engine, writer=True))
+        # Reminders on (the settings' defaults), so that the histories hold their timers.
+        gw = await start_gateway(
+            env,
+            session_factory(engine, writer=True),
+            remind_at_percent=Decimal(50),
+            escalate_at_percent=Decimal(80),
+        )
         decide = DecisionCommand(
             operator_id="alice", channel=DecisionChannel.API, comment="ok", correlation_id="c"
         )

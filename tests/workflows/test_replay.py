@@ -32,6 +32,11 @@ def test_every_path_has_a_history() -> None:
         f"{path}-v4"
         for path in ("approve", "reject", "slippage", "expire", "guardian", "guardian-workflow")
     }
+    # v5: search attributes, summaries, current details, reminders and escalations (issue 18)
+    assert stems >= {
+        f"{path}-v5"
+        for path in ("approve", "reject", "slippage", "expire", "guardian", "guardian-workflow")
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
