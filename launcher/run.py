@@ -37,6 +37,7 @@ from launcher.readiness import wait_for_api, wait_for_temporal, wait_for_worker
 from launcher.supervisor import Child, Supervisor
 from migrations.runner import upgrade_to_head
 from workflows.connection import gateway_data_converter, tls_config
+from workflows.search_attributes import dev_server_args
 
 T = TypeVar("T")
 
@@ -115,12 +116,18 @@ async def _start_everything(
                 "journal_mode=wal",
                 "--sqlite-pragma",
                 "synchronous=normal",
+                # HitlStatus and the rest, so the UI can list and filter approvals.
+                *dev_server_args(),
             ],
             stop_seconds=10,
         )
         temporal_started = True
         # That UI is ours, on this machine: the API may decode for its loopback origin.
         supervisor.environ["TEMPORAL_UI_LOOPBACK_CODEC"] = "true"
+        # The page, Discord and each approval's details link to it (unless told otherwise).
+        supervisor.environ.setdefault(
+            "HITL_TEMPORAL_UI_URL", f"http://{url_host(host)}:{settings.temporal.ui_port}"
+        )
     client = await wait_for_temporal(settings, supervisor)
     # The worker's graceful shutdown takes up to 10 s (worker.py); give it a little more.
     worker = await supervisor.start("worker", [sys.executable, "-m", "worker"], stop_seconds=15)
