@@ -7,6 +7,7 @@
 
 const TOKEN_KEY = "hitl.operatorToken";
 const GUARDIAN_POLL_MS = 3000;
+const PREVIEW_POLL_MS = 3000; // the market moves: refresh each pending approval's slippage preview
 const FALLBACK_POLL_MS = 10000; // refresh the list this often while the stream is down
 const URGENT_SECONDS = 60;
 const MAX_OUTCOMES = 20;
@@ -20,6 +21,8 @@ const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   generation: 0, // bumped on sign-out so that late answers of an old session are dropped
   rows: new Map(), // trade_id -> approval awaiting a decision
+  previews: new Map(), // trade_id -> its slippage preview, or { unavailable: message }
+  previewInFlight: false,
   elements: new Map(), // trade_id -> its <li>
   finished: new Set(), // trade_ids known decided or expired: never shown as pending again
   createdDuringFetch: null, // Map while a list refresh is in flight (see refreshPending)
@@ -240,6 +243,7 @@ function fillApproval(article, approval) {
     target.textContent = ` ${tradeName(approval)}`;
   }
   article.querySelector(".integrity-warning").hidden = approval.integrity_ok !== false;
+  fillPreview(article, approval);
   const statusLine = article.querySelector(".status-line");
   const awaiting = approval.status === undefined || approval.status === AWAITING;
   statusLine.hidden = awaiting;
@@ -248,6 +252,74 @@ function fillApproval(article, approval) {
   article.querySelector(".actions").hidden = !awaiting;
   article.classList.toggle("decided", !awaiting);
   tickOne(article);
+}
+
+function signedPercent(text) {
+  const value = Number(text);
+  const shown = Math.abs(value).toFixed(2);
+  return `${value < 0 && shown !== "0.00" ? "-" : "+"}${shown} %`;
+}
+
+function fillPreview(article, approval) {
+  // What approving now would meet: the current execution price for the side and its deviation
+  // from the requested price, computed by the gateway with the decision's own arithmetic.
+  const market = article.querySelector(".market");
+  const warning = article.querySelector(".slippage-warning");
+  const awaiting = approval.status === undefined || approval.status === AWAITING;
+  const preview = awaiting ? state.previews.get(approval.trade_id) : undefined;
+  article.querySelector(".market-fact").hidden = !awaiting;
+  let exceeds = false;
+  if (!preview) {
+    market.dataset.state = "loading";
+    market.textContent = "…";
+    market.removeAttribute("title");
+  } else if (preview.unavailable) {
+    market.dataset.state = "unavailable";
+    market.textContent = "unavailable";
+    market.title = preview.unavailable;
+  } else {
+    exceeds = Boolean(preview.exceeds);
+    market.dataset.state = "ok";
+    market.textContent = `${trimDecimal(preview.current_price)} (${signedPercent(preview.deviation_pct)})`;
+    market.title = `As of ${clock(preview.as_of)}`;
+    warning.textContent =
+      `The price moved ${signedPercent(preview.deviation_pct)} since the request, beyond the ` +
+      `${trimDecimal(preview.max_slippage_pct)} % slippage limit: approving now would be rejected.`;
+  }
+  warning.hidden = !exceeds;
+  article.classList.toggle("exceeds", exceeds);
+}
+
+async function refreshPreviews() {
+  if (!state.token || state.previewInFlight) return;
+  const focused = state.focus?.approval;
+  const focusPending = focused && (focused.status === undefined || focused.status === AWAITING);
+  if (state.rows.size === 0 && !focusPending) return;
+  const generation = state.generation;
+  state.previewInFlight = true;
+  try {
+    // One request for every pending approval (one quote per instrument on the server).
+    const page = await api("/api/hitl/pending/previews");
+    if (generation !== state.generation) return;
+    const previews = new Map();
+    for (const preview of page.items) previews.set(preview.trade_id, preview);
+    for (const missing of page.unavailable) {
+      previews.set(missing.trade_id, { unavailable: missing.message });
+    }
+    state.previews = previews;
+  } catch (err) {
+    if (generation !== state.generation) return;
+    if (err.status === 401) return signOut("Your token was refused; sign in again.");
+    // An older gateway has no previews; a passing failure keeps the last ones until the next.
+    if (!endpointMissing(err)) return;
+    state.previews = new Map();
+  } finally {
+    if (generation === state.generation) state.previewInFlight = false;
+  }
+  for (const article of document.querySelectorAll("article.approval[data-trade-id]")) {
+    const approval = approvalFor(article.dataset.tradeId);
+    if (approval) fillPreview(article, approval);
+  }
 }
 
 function decisionBlocked(approval) {
@@ -302,6 +374,7 @@ function sortedIds() {
 function renderList() {
   const list = $("pending-list");
   const order = sortedIds();
+  let newRows = false;
   for (const [tradeId, item] of state.elements) {
     if (!state.rows.has(tradeId)) {
       moveFocusOffRemovedRow(item, order);
@@ -318,6 +391,7 @@ function renderList() {
       item.dataset.tradeId = tradeId;
       item.append(buildApproval(approval, { idPrefix: "pending" }));
       state.elements.set(tradeId, item);
+      newRows = true;
     } else {
       fillApproval(item.firstElementChild, approval);
     }
@@ -331,6 +405,8 @@ function renderList() {
   }
   $("pending-count").textContent = `(${order.length})`;
   $("pending-empty").hidden = order.length > 0;
+  // A new approval gets its preview now rather than at the next refresh.
+  if (newRows) refreshPreviews();
 }
 
 function moveFocusOffRemovedRow(item, order) {
@@ -359,7 +435,10 @@ function renderFocus() {
   }
   const existing = body.firstElementChild;
   if (existing && existing.dataset.tradeId === focus.approval.trade_id) fillApproval(existing, focus.approval);
-  else body.replaceChildren(buildApproval(focus.approval, { idPrefix: "focus" }));
+  else {
+    body.replaceChildren(buildApproval(focus.approval, { idPrefix: "focus" }));
+    refreshPreviews();
+  }
 }
 
 function renderGuardian() {
@@ -592,7 +671,7 @@ function openDialog(tradeId, decision, opener) {
     `${approval.instrument}, ${approval.side}, risk ${trimDecimal(approval.risk_pct)} %, ` +
     `price ${trimDecimal(approval.request_price)}, confidence ${percentOfOne(approval.confidence)}. ` +
     (approve
-      ? "The price is checked against the market when you confirm."
+      ? `The price is checked against the market when you confirm.${previewSentence(tradeId)}`
       : "The trade will not be made.");
   $("decide-label").textContent = approve ? "Comment (optional)" : "Reason (required)";
   const text = $("decide-text");
@@ -608,6 +687,16 @@ function openDialog(tradeId, decision, opener) {
   syncDialog();
   $("decide-dialog").showModal();
   text.focus();
+}
+
+function previewSentence(tradeId) {
+  const preview = state.previews.get(tradeId);
+  if (!preview || preview.unavailable) return "";
+  const now = `${trimDecimal(preview.current_price)} (${signedPercent(preview.deviation_pct)})`;
+  return preview.exceeds
+    ? ` It is now ${now}, beyond the ${trimDecimal(preview.max_slippage_pct)} % limit: ` +
+        "approving would be rejected unless the market comes back."
+    : ` It is now ${now}.`;
 }
 
 function syncDialog() {
@@ -827,6 +916,8 @@ function signOut(message) {
   state.socket = null;
   socket?.close();
   state.rows.clear();
+  state.previews.clear();
+  state.previewInFlight = false;
   state.finished.clear();
   state.lastEventId = null;
   state.guardian = { locked: false };
@@ -848,6 +939,7 @@ function start() {
   connect();
   refreshGuardian();
   state.timers.push(window.setInterval(refreshGuardian, GUARDIAN_POLL_MS));
+  state.timers.push(window.setInterval(refreshPreviews, PREVIEW_POLL_MS));
   state.timers.push(
     window.setInterval(() => {
       if (!state.streamLive) refreshPending();

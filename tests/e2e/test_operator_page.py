@@ -583,3 +583,68 @@ async def test_a_deep_link_lands_on_its_approval(
     again = await http.post(f"/api/hitl/deep-links/{token}")
     assert again.status_code == 403
     assert again.json()["error_code"] == "SEC-091"
+
+
+async def test_each_pending_approval_shows_the_market_now_refreshed_and_marked_beyond_the_limit(
+    screen: Screen, stack: Served, http: httpx.AsyncClient
+) -> None:
+    page = screen.page
+    asked: list[float] = []
+    loop = asyncio.get_running_loop()
+    page.on(
+        "request",
+        lambda request: asked.append(loop.time()) if "/pending/previews" in request.url else None,
+    )
+    await screen.open()
+    await screen.sign_in("alice-token")
+    # The first EUR/USD proposal sets the paper market's price; the second is priced 2 % under
+    # it, four times the 0.5 % limit.
+    fresh = await propose(stack, http)
+    mid = stack.gw.market.mid_price("EUR/USD")
+    stale_id = str(uuid.uuid4())
+    response = await http.post(
+        "/api/hitl/requests",
+        json={
+            "trade_id": stale_id,
+            "instrument": "EUR/USD",
+            "side": "BUY",
+            "risk_pct": "1",
+            "confidence": "0.7",
+            "request_price": str((mid * Decimal("0.98")).quantize(Decimal("0.00000001"))),
+            "reasoning_summary": "An old signal, priced before the move.",
+        },
+        headers=auth("bot-1"),
+    )
+    assert response.status_code == 201, response.text
+
+    fresh_row, stale_row = screen.row(fresh), screen.row(stale_id)
+    # Within the limit: the price now and a small signed deviation, nothing marked.
+    await expect(fresh_row.locator(".market")).to_have_text(
+        re.compile(r"^\d+(\.\d+)? \([+-]0\.\d\d %\)$")
+    )
+    await expect(fresh_row.locator(".slippage-warning")).to_be_hidden()
+    await expect(fresh_row.locator("article")).not_to_have_class(re.compile(r"\bexceeds\b"))
+    # Beyond it: marked, and said in words.
+    await expect(stale_row.locator(".market")).to_have_text(
+        re.compile(r"^\d+(\.\d+)? \(\+2\.\d\d %\)$")
+    )
+    warning = stale_row.locator(".slippage-warning")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text("beyond the 0.5 % slippage limit")
+    await expect(stale_row.locator("article")).to_have_class(re.compile(r"\bexceeds\b"))
+    await screen.shot("previews")
+
+    # The approval dialog says it too, before the operator confirms.
+    await screen.button(stale_id, "Approve").click()
+    dialog = page.get_by_role("dialog", name="Approve EUR/USD BUY?")
+    await expect(dialog).to_contain_text("beyond the 0.5 % limit")
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+
+    # Live: the page keeps asking while approvals wait (every 3 s), not once.
+    first = len(asked)
+    await wait_until(lambda: len(asked) >= first + 2, timeout=15)
+    # A decided approval leaves the list, and with it its preview.
+    await decide(http, stale_id, "reject", "bob")
+    await expect(stale_row).to_have_count(0)
+    await expect(fresh_row.locator(".market")).to_have_attribute("data-state", "ok")
