@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,6 +26,13 @@ from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
 from store.engine import create_engine
 from tests.postgres_server import ensure_postgres, stop_postgres
+
+# These machines are shared and noisy (2 cores, servers and browsers beside the tests): an example
+# that is slow to run or to generate is not a failure. Tests still set their own example counts.
+hypothesis_settings.register_profile(
+    "gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("gateway")
 
 POSTGRES_URL = os.environ.get(
     "HITL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
