@@ -8,9 +8,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import EventType
@@ -386,3 +388,13 @@ async def test_a_retried_reminder_is_recorded_once(
         assert list(kinds_published.scalars()) == ["hitl.escalated"]
     # The message itself is the notifier's to send once (Discord keys it: tests/discord).
     assert [kind for kind, _ in notifier.reminders] == [ReminderKind.ESCALATION] * 2
+
+
+def test_the_compose_stack_registers_exactly_these_attributes() -> None:
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    setup = compose["services"]["temporal-search-attributes"]
+    specs = setup["command"][0].split(" do ")[0].removeprefix("for spec in ").rstrip(";")
+    assert specs.split() == sa.cli_specs()
+    for name in ("api", "worker", "discord-bot"):
+        waits = compose["services"][name]["depends_on"]["temporal-search-attributes"]
+        assert waits == {"condition": "service_completed_successfully"}
