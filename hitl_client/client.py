@@ -8,6 +8,10 @@ the way (connection errors, 502/503/504, 429 after its Retry-After):
   lost, the retry finds it and returns it rather than failing with SEC-011;
 - a lifecycle report (fill, close, settle) the gateway already has is answered as before.
 
+Waiting for a decision is a long poll: the gateway holds ``GET /api/hitl/{id}?wait=N`` until the
+approval is decided or N seconds (at most 60) pass, so a waiting bot sends a request a minute,
+not one a second, and hears of the decision at once.
+
 Errors are :class:`GatewayError`, an ``HITLError`` with the API's SEC code.
 """
 
@@ -30,10 +34,13 @@ from hitl.models import ApprovalRequest, DecisionReason, TradeProposal, TradeSta
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _UNDECIDED = frozenset({TradeStatus.PENDING, TradeStatus.AWAITING_APPROVAL})
 _MAX_RETRY_AFTER = 30.0
+MAX_WAIT_SECONDS = 60.0
+"""The longest ``?wait=`` the gateway holds a request for."""
 
 
 class Ticket(BaseModel):
-    """A request the gateway has recorded: it now waits for an operator until ``expires_at``."""
+    """A request the gateway has recorded: it now waits for an operator until ``expires_at``,
+    unless the gateway decided it at once (``decision_reason`` says why, e.g. HITL_DISABLED)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -42,6 +49,9 @@ class Ticket(BaseModel):
     requested_at: datetime
     expires_at: datetime
     correlation_id: str
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    decision_reason: DecisionReason | None = None
 
 
 class Outcome(BaseModel):
@@ -119,6 +129,7 @@ class BotClient:
         timeout: float = 15.0,
         attempts: int = 5,
         backoff: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -126,7 +137,9 @@ class BotClient:
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            transport=transport,
         )
+        self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff
 
@@ -147,13 +160,19 @@ class BotClient:
 
     # --- the approval ---------------------------------------------------------------------
 
-    async def request(self, proposal: TradeProposal) -> Ticket:
-        """Ask for approval of ``proposal``. Retrying is safe: a request the gateway already
-        recorded for this trade id with these same terms is returned as it stands; a different
-        proposal under the same trade id is SEC-011."""
+    async def request(self, proposal: TradeProposal, *, wait: float = 0) -> Ticket:
+        """Ask for approval of ``proposal``. With ``wait`` (seconds, at most 60) the answer comes
+        when an operator decides, or after ``wait`` with the request still awaiting a decision.
+
+        Retrying is safe: a request the gateway already recorded for this trade id with these
+        same terms is returned as it stands; a different proposal under the same trade id is
+        SEC-011."""
+        seconds = _bounded_wait(wait)
         body = proposal.model_dump(mode="json")
         try:
-            data = await self._send("POST", "/api/hitl/requests", json=body)
+            data = await self._send(
+                "POST", "/api/hitl/requests", json=body, params=_wait_params(seconds), wait=seconds
+            )
         except GatewayError as exc:
             if exc.error is not ErrorCode.DUPLICATE_REQUEST:
                 raise
@@ -163,9 +182,13 @@ class BotClient:
             return Ticket.model_validate(existing.model_dump())
         return Ticket.model_validate(data)
 
-    async def approval(self, trade_id: UUID) -> ApprovalRequest:
-        """The approval as it stands (SEC-010 if the gateway has none for ``trade_id``)."""
-        data = await self._send("GET", f"/api/hitl/{trade_id}")
+    async def approval(self, trade_id: UUID, *, wait: float = 0) -> ApprovalRequest:
+        """The approval as it stands (SEC-010 if the gateway has none for ``trade_id``); with
+        ``wait`` (seconds, at most 60), as soon as it is decided or as it stands then."""
+        seconds = _bounded_wait(wait)
+        data = await self._send(
+            "GET", f"/api/hitl/{trade_id}", params=_wait_params(seconds), wait=seconds
+        )
         return ApprovalRequest.model_validate(data["approval"])
 
     async def outcome(
@@ -174,20 +197,35 @@ class BotClient:
         """Wait until the approval is decided (ACCEPTED, or REJECTED with its reason: operator,
         timeout, slippage, Guardian) and return it. Without ``max_wait`` it waits until a little
         after the approval's own deadline, by which the gateway has always decided;
-        TimeoutError after ``max_wait`` seconds otherwise."""
+        TimeoutError after ``max_wait`` seconds otherwise.
+
+        Each call to the gateway is held there until the decision (``?wait=``, a minute at
+        most); ``poll_interval`` is the pause between calls only when a gateway answers before
+        its wait without a decision (one that does not hold requests)."""
         started = time.monotonic()
+        deadline: float | None = None if max_wait is None else started + max_wait
+        # Without max_wait the first answer (at once) tells the deadline to wait for.
+        wait = 0.0 if max_wait is None else min(max(max_wait, 0.0), MAX_WAIT_SECONDS)
         while True:
-            approval = await self.approval(trade_id)
+            asked = time.monotonic()
+            approval = await self.approval(trade_id, wait=wait)
             if approval.status not in _UNDECIDED:
                 return approval
-            if max_wait is not None:
-                left = max_wait - (time.monotonic() - started)
-            else:
+            now = time.monotonic()
+            if deadline is None:
                 # The deadline is the gateway's; a generous margin covers clocks and a busy worker.
                 left = (approval.expires_at - datetime.now(UTC)).total_seconds() + 60
+                deadline = now + left
+            left = deadline - now
             if left <= 0:
                 raise TimeoutError(f"trade {trade_id} is still {approval.status.value}")
-            await asyncio.sleep(min(poll_interval, left))
+            if wait > 0 and now - asked < wait:
+                # Answered early yet undecided: this gateway does not hold requests.
+                await asyncio.sleep(min(poll_interval, left))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"trade {trade_id} is still {approval.status.value}")
+            wait = min(left, MAX_WAIT_SECONDS)
 
     # --- the trade's life after acceptance ------------------------------------------------
 
@@ -224,12 +262,24 @@ class BotClient:
             await asyncio.sleep(self._backoff * 2**attempt)
         return None
 
-    async def _send(self, method: str, path: str, *, json: Any = None) -> Any:
-        """One call, retried while the failure is on the way rather than in the request."""
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        wait: float = 0,
+    ) -> Any:
+        """One call, retried while the failure is on the way rather than in the request; a call
+        the gateway holds for ``wait`` seconds may take that much longer."""
+        timeout = self._timeout + wait
         for attempt in range(self._attempts):
             last = attempt == self._attempts - 1
             try:
-                response = await self._http.request(method, path, json=json)
+                response = await self._http.request(
+                    method, path, json=json, params=params, timeout=timeout
+                )
             except httpx.TransportError as exc:
                 if last:
                     raise GatewayError(
@@ -252,6 +302,17 @@ class BotClient:
         if retry_after.isdigit():
             return min(float(retry_after), _MAX_RETRY_AFTER)
         return float(self._backoff * 2**attempt)
+
+
+def _bounded_wait(wait: float) -> float:
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ValueError(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
+    return wait
+
+
+def _wait_params(wait: float) -> dict[str, str]:
+    # Whole milliseconds: a short, exact spelling the gateway's 0-60 bound reads as given.
+    return {"wait": f"{wait:.3f}"} if wait > 0 else {}
 
 
 def _same_terms(existing: ApprovalRequest, proposal: TradeProposal) -> bool:
