@@ -236,6 +236,17 @@ async def record_decision(
         ):
             # A Guardian lock rejected it in bulk; the workflow adopts that decision.
             return Recorded(DecisionRecorded(approval=found, guardian_blocked=True), written=False)
+        if (
+            found is not None
+            and found.is_decided
+            and await approval_intact(session, row, found)
+            and _same_request(found, data.expected)
+        ):
+            # Decided already, by this workflow: a decision whose write committed but whose
+            # record in the workflow's history was lost (the Temporal server killed in between)
+            # is applied again with a new timestamp. The stored decision stands and is adopted,
+            # rather than a second one written (issue 16's chaos suite found this).
+            return Recorded(DecisionRecorded(approval=found), written=False)
         intact = (
             found is not None
             and await approval_intact(session, row, found)
