@@ -14,7 +14,7 @@ COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generat
 	--custom-compile-command "make lock"
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run demo discord-bot bench test lint pytest chromium lock clean
+.PHONY: install run demo discord-bot bench test lint pytest chaos chromium lock clean
 
 # uv itself, hash-pinned, when the machine has none.
 $(BOOTSTRAP)/bin/uv: requirements/bootstrap.txt
@@ -73,6 +73,11 @@ pytest: install chromium
 	$(BIN)/pytest
 
 test: lint pytest
+
+# The whole chaos suite (docs/reliability.md): kill -9 and outages of every part under load,
+# about 5 minutes; `make test` runs its short part.
+chaos: install
+	$(BIN)/pytest -m 'chaos or not chaos' tests/chaos
 
 # Re-resolve after a change to pyproject.toml's dependencies: pins already in the lock are kept;
 # `make lock UPGRADE=1` moves everything to the newest allowed versions.
