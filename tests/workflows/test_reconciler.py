@@ -177,7 +177,7 @@ async def test_an_approval_whose_workflow_is_gone_is_closed_workflow_lost(
 ) -> None:
     make, state = LOST[how]
     repairs = sample("hitl_reconcile_repairs_total")
-    trade_id = await make(gw)  # type: ignore[operator]
+    trade_id = await make(gw)
     before = await stored(gw, trade_id)
     assert before is not None and before.status is TradeStatus.AWAITING_APPROVAL
 
