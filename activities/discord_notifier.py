@@ -30,6 +30,7 @@ from activities.discord_render import (
     security_alert_embed,
 )
 from activities.discord_rest import DiscordChannel, message_key
+from activities.market_preview import PreviewQuotes
 from activities.notifications import ConsoleNotifier, Notifier
 from hitl.errors import ConfigurationError
 from hitl.messages import (
@@ -66,8 +67,10 @@ class DiscordNotifier:
         temporal_ui_url: str = "",
         namespace: str = "default",
         escalation_role_id: int | None = None,
+        previews: PreviewQuotes | None = None,
     ) -> None:
         self._hub_url = hub_url
+        self._previews = previews
         self._temporal_ui_url = temporal_ui_url
         self._namespace = namespace
         self._escalation_role_id = escalation_role_id
@@ -93,11 +96,14 @@ class DiscordNotifier:
             temporal_ui_url=settings.hitl.temporal_ui_url,
             namespace=settings.temporal.namespace,
             escalation_role_id=discord_settings.escalation_role_id,
+            previews=PreviewQuotes.from_settings(settings, sessions),
         )
 
     async def aclose(self) -> None:
-        """Close the HTTP session, if one was opened."""
+        """Close the HTTP session, if one was opened (and the previews' market)."""
         await self._channel.aclose()
+        if self._previews is not None:
+            await self._previews.aclose()
 
     async def approval_requested(self, approval: ApprovalRequest) -> None:
         """Post the approval with its buttons and a fresh one-time deep link."""
@@ -125,12 +131,15 @@ class DiscordNotifier:
                 correlation_id=approval.correlation_id,
             )
             link = deep_link_url(self._hub_url, approval.trade_id, token)
+            # The market at posting; the page shows it live (no edits to keep it fresh here).
+            preview = await self._previews.preview(approval) if self._previews else None
             embed = approval_embed(
                 approval,
                 link=link,
                 temporal_link=temporal_ui_link(
                     self._temporal_ui_url, self._namespace, approval.trade_id
                 ),
+                preview=preview,
             )
             message = await self._channel.send(
                 key,

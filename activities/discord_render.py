@@ -17,6 +17,7 @@ import discord
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import GuardianCascadeSummary, ReminderKind, SecurityAlertInput
 from hitl.models import ApprovalRequest, Decision, DecisionReason, TradeStatus
+from hitl.preview import SlippagePreview, preview_text
 
 CUSTOM_ID_TEMPLATE: Final = (
     r"hitl:(?P<action>approve|reject):"
@@ -94,10 +95,15 @@ def approval_text(approval: ApprovalRequest) -> str:
 
 
 def approval_embed(
-    approval: ApprovalRequest, *, link: str, temporal_link: str | None = None
+    approval: ApprovalRequest,
+    *,
+    link: str,
+    temporal_link: str | None = None,
+    preview: SlippagePreview | None = None,
 ) -> discord.Embed:
     """The request: the trade, a live countdown, the bot's reasoning and the deep link (and,
-    when ``HITL_TEMPORAL_UI_URL`` is set, the approval's workflow in the Temporal UI)."""
+    when ``HITL_TEMPORAL_UI_URL`` is set, the approval's workflow in the Temporal UI), with the
+    market as it stood when drawn (``preview``)."""
     embed = discord.Embed(
         title=f"Approval needed: {_title(approval)}",
         url=link,
@@ -106,12 +112,20 @@ def approval_embed(
         timestamp=approval.requested_at,
     )
     _add_trade_fields(embed, approval)
+    if preview is not None:
+        embed.add_field(name="Market", value=preview_field(preview))
     embed.add_field(name="Expires", value=_stamp(approval.expires_at, "R"))
     embed.add_field(name="Review", value=f"[Open in the HITL Hub]({link}) (one-time link)")
     if temporal_link:
         embed.add_field(name="Workflow", value=f"[Open in the Temporal UI]({temporal_link})")
     embed.set_footer(text=f"correlation {approval.correlation_id}")
     return embed
+
+
+def preview_field(preview: SlippagePreview) -> str:
+    """``at posting: now 1.1619, +0.06 %``, marked when approving would already be refused."""
+    text = f"at posting: {preview_text(preview)}"
+    return f"⚠️ {text}" if preview.exceeds else text
 
 
 def reminder_text(approval: ApprovalRequest, kind: ReminderKind, *, role_id: int | None) -> str:
