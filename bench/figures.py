@@ -39,7 +39,6 @@ from bench.profile import Profile, py_spy, record, summarise
 from bench.stack import Stack
 from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
 from store.tables import ApprovalRow, AuditRow
-from workflows.client import ApprovalClient
 
 POLL_SECONDS = 0.05
 LOCKED = 423
@@ -296,6 +295,7 @@ class Bench:
         """The same database writes per approval, done directly, at the same concurrency."""
         rate = await run_floor(
             self.stack.config.database_url,
+            keys_dir=self.stack.keys_dir,
             count=self.sizes.floor,
             concurrency=self.sizes.concurrency,
         )
@@ -312,9 +312,18 @@ class Bench:
 
     async def expiry(self) -> None:
         """Lateness of the expiry of approvals created together with a short deadline."""
-        assert self.stack.client is not None
-        approvals = ApprovalClient(self.stack.client)
-        # The deadline is the worker's policy (issue 14): the stack's HITL_TIMEOUT_SECONDS.
+        # The deadline is the worker's policy (issue 14): a worker with the short one for these
+        # approvals, then the stack's long one again for the phases after.
+        await self.stack.restart_worker(
+            {"HITL_TIMEOUT_SECONDS": str(self.sizes.expiry_timeout_seconds)}
+        )
+        try:
+            await self._expiry()
+        finally:
+            await self.stack.restart_worker()
+
+    async def _expiry(self) -> None:
+        approvals = self.stack.approvals()
         price = Decimal(REQUEST_PRICE)
 
         async def start(_: int) -> tuple[uuid.UUID, datetime]:

@@ -7,9 +7,12 @@ post-trade snapshot, as an approved trade writes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +21,7 @@ from activities.market_providers import SimulatedMarketData
 from activities.persistence import PersistenceActivities
 from bench.driver import INSTRUMENT, bounded_map
 from bench.stack import OPERATOR
+from hitl.keys import KEYS_DIR_VARIABLE
 from hitl.logs import configure_logging
 from hitl.messages import RecordDecisionInput, RecordRequestInput, RecordSnapshotInput
 from hitl.models import (
@@ -41,8 +45,30 @@ def quiet_logs(log_path: Path) -> None:
     handler.setStream(log_path.open("a", encoding="utf-8"))
 
 
-async def run_floor(database_url: str, *, count: int, concurrency: int) -> float:
-    """Approvals per second for ``count`` approvals written directly at ``concurrency``."""
+@contextlib.contextmanager
+def keys_dir_set(keys_dir: Path) -> Iterator[None]:
+    """``HITL_KEYS_DIR`` is ``keys_dir`` inside the block: the store seals rows with the RECORD
+    keyring of the process's environment, and the floor must seal with the stack's, as the
+    worker does (same MACs, same cost, one coherent audit chain)."""
+    saved = os.environ.get(KEYS_DIR_VARIABLE)
+    os.environ[KEYS_DIR_VARIABLE] = str(keys_dir)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[KEYS_DIR_VARIABLE]
+        else:
+            os.environ[KEYS_DIR_VARIABLE] = saved
+
+
+async def run_floor(database_url: str, *, keys_dir: Path, count: int, concurrency: int) -> float:
+    """Approvals per second for ``count`` approvals written directly at ``concurrency``,
+    sealed with the RECORD keyring in ``keys_dir``."""
+    with keys_dir_set(keys_dir):
+        return await _floor(database_url, count=count, concurrency=concurrency)
+
+
+async def _floor(database_url: str, *, count: int, concurrency: int) -> float:
     engine = create_engine(database_url)
     activities = PersistenceActivities(session_factory(engine, writer=True))
     market = SimulatedMarketData()

@@ -11,18 +11,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import procs
+from hitl.keys import KEYS_DIR_VARIABLE, ensure_keyrings
+from hitl.settings import Settings, get_settings
+from hitl.signing import CommandSigner
 from launcher.run import temporal_binary
 from launcher.supervisor import ORPHAN_GUARD
+from workflows.client import ApprovalClient
+from workflows.connection import connect_temporal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +45,31 @@ STOP_SECONDS = 20.0
 # Pending approvals must not expire while the benchmark works on them; the expiry figure starts
 # its own approvals with a short deadline.
 BENCH_TIMEOUT_SECONDS = 4 * 3600
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` is ``env`` inside the block (settings are read from the environment)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def settings_of(env: Mapping[str, str]) -> Settings:
+    """The settings a gateway process started with ``env`` reads, so the benchmark's own
+    Temporal client connects exactly as the worker and the API do.
+
+    They also become this process's ``get_settings()``: the typed client reads it when it starts
+    an approval (the summary's expected deadline, the page link).
+    """
+    with _environment(env):
+        get_settings.cache_clear()
+        return get_settings()
 
 
 class StackError(Exception):
@@ -63,6 +93,9 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    cpu_offset: float = 0.0
+    """CPU seconds of the earlier processes this one replaced (a worker restarted with another
+    policy), so the per-phase deltas of ``cpu_seconds`` stay whole."""
 
     @property
     def pid(self) -> int:
@@ -70,8 +103,8 @@ class Proc:
         return self.popen.pid
 
     def cpu_seconds(self) -> float:
-        """CPU seconds used so far."""
-        return procs.cpu_seconds(self.pid)
+        """CPU seconds used so far (with those of the processes it replaced)."""
+        return self.cpu_offset + procs.cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         """Resident memory now, in MiB."""
@@ -116,6 +149,11 @@ class Stack:
         self.client: Client | None = None
 
     @property
+    def keys_dir(self) -> Path:
+        """The keyrings every process of the stack shares (created by ``start``)."""
+        return self.config.workdir / "keys"
+
+    @property
     def api_url(self) -> str:
         """The API's root URL."""
         return f"http://127.0.0.1:{self.api_port}"
@@ -136,6 +174,9 @@ class Stack:
             "TEMPORAL_ADDRESS": self.temporal_address,
             "DATABASE_URL": self.config.database_url,
             "HITL_DATA_DIR": str(self.config.workdir / "data"),
+            # One keys folder for all: the API signs commands the worker verifies, and every
+            # process encrypts and decrypts the same payloads (issue 14).
+            KEYS_DIR_VARIABLE: str(self.keys_dir),
             "HITL_ALLOWED_OPERATORS": OPERATOR,
             "HITL_API_TOKENS": declared_tokens(),
             "HITL_API_RATE_LIMIT": "100000/second",
@@ -150,6 +191,12 @@ class Stack:
             base["HITL_WORKER_MAX_CACHED_WORKFLOWS"] = str(self.config.worker_cache)
         base |= dict(self.config.extra_env)
         return base
+
+    def approvals(self) -> ApprovalClient:
+        """A typed client over the stack's Temporal, signing with the stack's commands keyring
+        (the default signer would read this process's settings, not the stack's)."""
+        assert self.client is not None, "the stack is started"
+        return ApprovalClient(self.client, signer=CommandSigner.from_keys_dir(self.keys_dir))
 
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Proc:
         log_path = self.config.workdir / f"{name}.log"
@@ -193,6 +240,8 @@ class Stack:
 
     async def _start_once(self) -> None:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
+        # The worker and the API refuse to start without their keyrings.
+        ensure_keyrings(self.keys_dir, now=datetime.now(UTC))
         env = self.env()
         migrate = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -228,12 +277,8 @@ class Stack:
         for value in self.config.server_config:
             server_argv += ["--dynamic-config-value", value]
         self._spawn("server", server_argv, env)
-        self.client = await self._wait_for_temporal()
-        if self.config.worker_options is None:
-            self._spawn("worker", [sys.executable, "-m", "worker"], env)
-        else:
-            tuned = {**env, "BENCH_WORKER_OPTIONS": self.config.worker_options}
-            self._spawn("worker", [sys.executable, "-m", "bench.tuned_worker"], tuned)
+        self.client = await self._wait_for_temporal(settings_of(env))
+        self._spawn_worker(env)
         self._spawn(
             "api",
             [
@@ -253,21 +298,59 @@ class Stack:
         )
         await self._wait_for_api()
 
+    def _spawn_worker(self, env: Mapping[str, str]) -> Proc:
+        if self.config.worker_options is None:
+            return self._spawn("worker", [sys.executable, "-m", "worker"], env)
+        tuned = {**env, "BENCH_WORKER_OPTIONS": self.config.worker_options}
+        return self._spawn("worker", [sys.executable, "-m", "bench.tuned_worker"], tuned)
+
+    async def restart_worker(self, overrides: Mapping[str, str] | None = None) -> None:
+        """Stop the worker and start it again with ``overrides`` on the stack's environment.
+
+        The approval policy is the worker's (issue 14), taken once when a workflow starts: the
+        expiry phase restarts the worker with a short ``HITL_TIMEOUT_SECONDS`` for its own
+        approvals, then back, and approvals already pending keep their long deadline. The
+        replaced worker's CPU is carried over, less whatever it spends shutting down.
+        """
+        old = self.procs["worker"]
+        spent = old.cpu_seconds()
+        await self._stop_proc(old)
+        new = self._spawn_worker({**self.env(), **(overrides or {})})
+        new.cpu_offset = spent
+        await self._wait_for_worker()
+
+    async def _wait_for_worker(self) -> None:
+        """Until the new worker's metrics endpoint answers (it serves it as it starts; a start sent
+        before it polls just waits for it)."""
+        deadline = time.monotonic() + READY_SECONDS
+        while time.monotonic() < deadline:
+            self.check()
+            if await self._metrics_answer():
+                return
+            await asyncio.sleep(0.25)
+        raise StackError("the restarted worker was not ready")
+
+    async def _metrics_answer(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                answer = await http.get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == httpx.codes.OK
+
     def check(self) -> None:
         """Raise StackError if a process of the stack has died."""
         for proc in self.procs.values():
             proc.check()
 
-    async def _wait_for_temporal(self) -> Client:
+    async def _wait_for_temporal(self, settings: Settings) -> Client:
         deadline = time.monotonic() + READY_SECONDS
         problem = "no answer"
         while time.monotonic() < deadline:
             self.check()
             try:
                 async with asyncio.timeout(5):
-                    client = await Client.connect(
-                        self.temporal_address, data_converter=pydantic_data_converter
-                    )
+                    client = await connect_temporal(settings)
                     await client.count_workflows("WorkflowType='ApprovalWorkflow'")
                     return client
             except Exception as exc:  # not ready yet; reported on time-out
@@ -295,15 +378,19 @@ class Stack:
         """Stop the API, the worker, then the server: SIGTERM, SIGKILL after a grace period."""
         for name in ("api", "worker", "server"):
             proc = self.procs.get(name)
-            if proc is None:
-                continue
-            if proc.popen.poll() is None:
+            if proc is not None:
+                await self._stop_proc(proc)
+
+    @staticmethod
+    async def _stop_proc(proc: Proc) -> None:
+        """SIGTERM, SIGKILL after the grace period; the log closed."""
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.popen.wait, STOP_SECONDS)
+            except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.popen.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(proc.popen.wait, STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.popen.kill()
-                    await asyncio.to_thread(proc.popen.wait)
-            proc.log_file.close()
+                    proc.popen.kill()
+                await asyncio.to_thread(proc.popen.wait)
+        proc.log_file.close()
