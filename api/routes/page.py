@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.deps import ServicesDep
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 """Where the page's files live (shipped inside the ``api`` package)."""
@@ -54,6 +56,20 @@ async def deep_link_page(trade_id: str) -> FileResponse:
     """
     del trade_id  # read by the script from the address bar
     return _file("index.html", "text/html; charset=utf-8")
+
+
+@router.get("/page-config")
+async def page_config(services: ServicesDep) -> JSONResponse:
+    """What the page needs of the settings (nothing secret): where the Temporal UI shows each
+    approval (``HITL_TEMPORAL_UI_URL``, empty for no link) and the namespace."""
+    settings = services.settings
+    return JSONResponse(
+        {
+            "temporal_ui_url": settings.hitl.temporal_ui_url.strip().rstrip("/"),
+            "namespace": settings.temporal.namespace,
+        },
+        headers=_SECURITY_HEADERS,
+    )
 
 
 @router.get("/static/{name}")

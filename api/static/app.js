@@ -35,6 +35,8 @@ const state = {
   focus: null, // the deep-linked approval: { tradeId, approval, note }
   dialog: null, // the open decision: { tradeId, decision, opener, submitting }
   inflight: new Set(), // trade_ids with a decision being sent
+  escalated: new Set(), // trade_ids escalated (hitl.escalated): badged until decided
+  temporalUi: null, // { url, namespace } from /page-config, when HITL_TEMPORAL_UI_URL is set
   timers: [],
 };
 
@@ -237,6 +239,13 @@ function fillApproval(article, approval) {
   article.querySelector(".expires").textContent = clock(approval.expires_at);
   article.querySelector(".reasoning").textContent = approval.reasoning_summary;
   article.querySelector(".trade-id").textContent = approval.trade_id;
+  const temporal = article.querySelector(".temporal-link");
+  temporal.hidden = !state.temporalUi;
+  if (state.temporalUi) {
+    const { url, namespace } = state.temporalUi;
+    temporal.href = `${url}/namespaces/${encodeURIComponent(namespace)}/workflows/approval-${encodeURIComponent(approval.trade_id)}`;
+  }
+  article.querySelector(".escalated-badge").hidden = !state.escalated.has(approval.trade_id);
   const remaining = article.querySelector(".remaining");
   remaining.dataset.expires = approval.expires_at;
   for (const target of article.querySelectorAll(".action-target")) {
@@ -558,6 +567,10 @@ function applyEvent(event) {
   state.lastEventId = event.id;
   const approval = { ...event.approval, trade_id: event.trade_id };
   if (approval.status === AWAITING) {
+    if (event.type === "hitl.escalated" && !state.escalated.has(approval.trade_id)) {
+      state.escalated.add(approval.trade_id);
+      announce(`Escalated: ${tradeName(approval)} is still undecided.`);
+    }
     if (state.createdDuringFetch) state.createdDuringFetch.set(approval.trade_id, approval);
     const isNew = !state.rows.has(approval.trade_id) && !state.finished.has(approval.trade_id);
     upsert(approval);
@@ -947,7 +960,24 @@ function start() {
   );
 }
 
+// Where the Temporal UI shows an approval (nothing secret, no token needed); without it the
+// page simply shows no such link.
+async function loadPageConfig() {
+  try {
+    const response = await fetch("/page-config", { headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const config = await response.json();
+    if (!/^https?:\/\//.test(config.temporal_ui_url ?? "")) return;
+    state.temporalUi = { url: config.temporal_ui_url, namespace: config.namespace };
+    renderList();
+    if (state.focus?.approval) renderFocus();
+  } catch {
+    // No link; everything else works without it.
+  }
+}
+
 function init() {
+  loadPageConfig();
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
   $("decide-form").addEventListener("submit", submitDecision);
