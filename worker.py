@@ -69,6 +69,7 @@ def activities_for(
         guardian.engage_guardian_lock,
         guardian.release_guardian_lock,
         guardian.signal_guardian_lock,
+        guardian.cascade_guardian_lock,
         persistence.record_request,
         persistence.record_decision,
         persistence.record_transition,

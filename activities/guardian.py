@@ -15,13 +15,19 @@ from hitl.errors import ErrorCode
 from hitl.messages import (
     GuardianCommand,
     GuardianFanOut,
+    GuardianLockNotice,
     GuardianLockResult,
     GuardianStatus,
     workflow_id_for,
 )
 from hitl.signing import CommandAction, CommandSigner
 from store.engine import Sessions
-from store.guardian import lock_guardian, unlock_guardian
+from store.guardian import (
+    lock_guardian,
+    reject_pending_batch,
+    rejected_after,
+    unlock_guardian,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,24 +46,20 @@ class GuardianActivities:
 
     @activity.defn(name="engage_guardian_lock")
     async def engage_guardian_lock(self, command: GuardianCommand) -> GuardianLockResult:
-        """Lock, and reject every pending approval, in one transaction: when this commits the
-        lock is acknowledged and nothing is left waiting. Running it again returns the
-        approvals the standing lock rejected, so a retried fan-out misses none."""
+        """Lock, in one short transaction: when this commits the lock is acknowledged (no
+        decision can succeed after it); the pending approvals are rejected afterwards by
+        ``cascade_guardian_lock``. Running it again while locked changes nothing."""
         outcome = await lock_guardian(self._sessions, command)
-        if not outcome.engaged:
-            return outcome.result
-        rejected = outcome.result.rejected
-        count_guardian_rejections(len(rejected))
-        log.warning(
-            "guardian locked",
-            correlation_id=command.correlation_id,
-            actor=command.by,
-            action="guardian.locked",
-            result="LOCKED",
-            error_code=ErrorCode.GUARDIAN_LOCKED.code,
-            reason=command.reason,
-            rejected=len(rejected),
-        )
+        if outcome.engaged:
+            log.warning(
+                "guardian locked",
+                correlation_id=command.correlation_id,
+                actor=command.by,
+                action="guardian.locked",
+                result="LOCKED",
+                error_code=ErrorCode.GUARDIAN_LOCKED.code,
+                reason=command.reason,
+            )
         return outcome.result
 
     @activity.defn(name="release_guardian_lock")
@@ -78,16 +80,68 @@ class GuardianActivities:
         """Tell each rejected approval's workflow, with a notice signed for it alone (an
         Update, so an unsigned one never reaches its history), so it adopts its rejection and
         ends; the heartbeat records progress so a retry resumes where this attempt stopped.
-        (The name is from when this was a signal; histories name it.)"""
+        (The name is from when this was a signal; histories name it.) Histories from before
+        the cascade ran in batches (``cascade_guardian_lock``) call this."""
         details = activity.info().heartbeat_details
         start = int(details[0]) if details else 0
+        batch = SIGNAL_CONCURRENCY * 5
+        for offset in range(start, len(fan_out.trade_ids), batch):
+            await self._tell(fan_out.notice, fan_out.trade_ids[offset : offset + batch])
+            activity.heartbeat(offset + batch)
+        return len(fan_out.trade_ids)
+
+    @activity.defn(name="cascade_guardian_lock")
+    async def cascade_guardian_lock(self, notice: GuardianLockNotice) -> int:
+        """After the lock is acknowledged: reject what is still pending, ``REJECT_BATCH`` rows
+        per transaction, and tell each batch's workflows to adopt their rejection. The
+        heartbeat records the last row done, so a retry resumes there (telling again the
+        batch it may have committed but not told). Stops at once if the Guardian is unlocked.
+        Returns how many approvals it rejected (this attempt and the ones before)."""
+        details = activity.info().heartbeat_details
+        after_id, total = (int(details[0]), int(details[1])) if details else (0, 0)
+        if details or activity.info().attempt > 1:
+            resumed = await rejected_after(self._sessions, after_id=after_id)
+            await self._tell(notice, resumed)
+            total += len(resumed)
+        while True:
+            batch = await reject_pending_batch(self._sessions, after_id=after_id)
+            if batch.last_id == after_id:
+                break
+            for trade_id in batch.tampered:
+                log.error(
+                    "security alert: a pending approval failed its integrity check",
+                    correlation_id=notice.correlation_id,
+                    actor="worker",
+                    action="guardian.cascade",
+                    result="skipped",
+                    error_code=ErrorCode.INTEGRITY_FAILURE.code,
+                    trade_id=str(trade_id),
+                )
+            count_guardian_rejections(len(batch.rejected))
+            await self._tell(notice, batch.rejected)
+            after_id = batch.last_id
+            total += len(batch.rejected)
+            activity.heartbeat(after_id, total)
+        log.warning(
+            "guardian cascade done",
+            correlation_id=notice.correlation_id,
+            actor="worker",
+            action="guardian.cascade",
+            result="done",
+            error_code=ErrorCode.GUARDIAN_LOCKED.code,
+            rejected=total,
+        )
+        return total
+
+    async def _tell(self, lock: GuardianLockNotice, trade_ids: list[UUID]) -> None:
+        """Send each approval's workflow its own signed lock notice, a bounded number at once."""
         semaphore = asyncio.Semaphore(SIGNAL_CONCURRENCY)
 
         async def signal(trade_id: UUID) -> None:
             async with semaphore:
                 workflow_id = workflow_id_for(trade_id)
                 notice = self._signer.sign(
-                    fan_out.notice, workflow_id=workflow_id, action=CommandAction.LOCK_NOTICE
+                    lock, workflow_id=workflow_id, action=CommandAction.LOCK_NOTICE
                 )
                 handle = self._client.get_workflow_handle(workflow_id)
                 try:
@@ -108,8 +162,4 @@ class GuardianActivities:
                     )
                     raise
 
-        batch = SIGNAL_CONCURRENCY * 5
-        for offset in range(start, len(fan_out.trade_ids), batch):
-            await asyncio.gather(*(signal(t) for t in fan_out.trade_ids[offset : offset + batch]))
-            activity.heartbeat(offset + batch)
-        return len(fan_out.trade_ids)
+        await asyncio.gather(*(signal(t) for t in trade_ids))

@@ -1,4 +1,5 @@
-"""The Guardian's one row: read it, lock and unlock it, and reject what is pending when it locks.
+"""The Guardian's one row: read it, lock and unlock it, and reject what is pending, in batches,
+after it locks.
 
 Every write takes the row lock first (for update: lock and unlock; for sharing: decisions), so a
 decision and a lock never interleave on PostgreSQL; SQLite has one writer anyway.
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hitl.decisions import guardian_rejection
 from hitl.errors import ErrorCode
@@ -91,39 +92,22 @@ class LockOutcome:
 
 
 async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOutcome:
-    """Lock, and reject every pending approval, in one transaction: when this commits the lock is
-    acknowledged and nothing is left waiting. Called again while locked, it returns the approvals
-    the standing lock rejected, so a retried fan-out misses none."""
+    """Lock in one short transaction (the row, its audit entry): when this commits the lock is
+    in force, since every decision and request reads the row in its own transaction. The pending
+    approvals are rejected afterwards by :func:`reject_pending_batch`, so the lock's cost does
+    not grow with them. Called again while locked, it changes nothing (a retry is harmless)."""
     now = datetime.now(UTC)
     async with sessions.begin() as session:
         guardian = await guardian_state(session, for_update=True)
         if guardian.locked:
             return LockOutcome(
-                GuardianLockResult(
-                    status=guardian_status_from_row(guardian),
-                    rejected=await _rejected_by(session, guardian),
-                ),
-                engaged=False,
+                GuardianLockResult(status=guardian_status_from_row(guardian)), engaged=False
             )
         guardian.locked = True
         guardian.reason = command.reason
         guardian.since = now
         guardian.changed_by = command.by
         guardian.version += 1
-        # The pending rows are locked before the audit chain's head (write_audit): a decision
-        # holds its approval's row and then takes the head, so the other order could deadlock.
-        pending = (
-            (
-                await session.execute(
-                    select(ApprovalRow)
-                    .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
-                    .order_by(ApprovalRow.id)
-                    .with_for_update()
-                )
-            )
-            .scalars()
-            .all()
-        )
         await write_audit(
             session,
             AuditEntry(
@@ -139,28 +123,101 @@ async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOut
                 record_mac=seal_guardian(guardian),
             ),
         )
+        status = guardian_status_from_row(guardian)
+    return LockOutcome(GuardianLockResult(status=status), engaged=True)
+
+
+REJECT_BATCH = 200
+"""Pending approvals rejected per transaction after a lock (short transactions, so decisions
+and requests are never held up long behind the cascade)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedBatch:
+    """What one :func:`reject_pending_batch` did."""
+
+    rejected: list[UUID]
+    """Rejected for the Guardian in this batch."""
+    tampered: list[UUID]
+    """Skipped: their row failed its integrity check (SEC-080); left to their workflow."""
+    last_id: int
+    """The highest row id looked at (the next batch starts after it); 0 when none."""
+
+
+async def reject_pending_batch(
+    sessions: Sessions, *, after_id: int = 0, limit: int = REJECT_BATCH
+) -> RejectedBatch:
+    """Reject up to ``limit`` approvals still pending under the standing lock (rows after
+    ``after_id``), in one transaction; nothing when the Guardian is unlocked (an unlock ends
+    the cascade)."""
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        guardian = await guardian_state(session, for_update=False)
+        if not guardian.locked:
+            return RejectedBatch(rejected=[], tampered=[], last_id=after_id)
+        # The pending rows are locked before the audit chain's head (write_audit): a decision
+        # holds its approval's row and then takes the head, so the other order could deadlock.
+        pending = (
+            (
+                await session.execute(
+                    select(ApprovalRow)
+                    .where(
+                        ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value,
+                        ApprovalRow.id > after_id,
+                    )
+                    .order_by(ApprovalRow.id)
+                    .limit(limit)
+                    .with_for_update()
+                )
+            )
+            .scalars()
+            .all()
+        )
         rejected: list[UUID] = []
+        tampered: list[UUID] = []
         for row in pending:
             approval = approval_from_row(row)
             if not await approval_intact(session, row, approval):
                 # Left to its workflow, which checks it against its own copy (SEC-080).
+                tampered.append(row.trade_id)
                 continue
             await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
             rejected.append(approval.trade_id)
-        status = guardian_status_from_row(guardian)
-    return LockOutcome(GuardianLockResult(status=status, rejected=rejected), engaged=True)
+        last_id = pending[-1].id if pending else after_id
+    return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id)
 
 
-async def _rejected_by(session: AsyncSession, guardian: GuardianStateRow) -> list[UUID]:
-    rows = await session.execute(
-        select(ApprovalRow.trade_id)
-        .where(
-            ApprovalRow.decision_reason == DecisionReason.GUARDIAN_LOCK.value,
-            ApprovalRow.decided_at >= guardian.since,
+async def rejected_after(sessions: Sessions, *, after_id: int) -> list[UUID]:
+    """The approvals the standing lock rejected, in rows after ``after_id``: a resumed cascade
+    tells these again, since the batch it was in may have committed before it could."""
+    async with sessions() as session:
+        guardian = await guardian_state(session, for_update=False)
+        if not guardian.locked or guardian.since is None:
+            return []
+        rows = await session.execute(
+            select(ApprovalRow.trade_id)
+            .where(
+                ApprovalRow.id > after_id,
+                ApprovalRow.decision_reason == DecisionReason.GUARDIAN_LOCK.value,
+                ApprovalRow.decided_at >= guardian.since,
+            )
+            .order_by(ApprovalRow.id)
         )
-        .order_by(ApprovalRow.id)
+        return list(rows.scalars())
+
+
+async def pending_remaining(session: AsyncSession) -> int:
+    """How many approvals still await a decision while the Guardian is locked (the cascade's
+    progress); 0 when unlocked."""
+    guardian = await read_guardian(session)
+    if not guardian.locked:
+        return 0
+    count = await session.execute(
+        select(func.count())
+        .select_from(ApprovalRow)
+        .where(ApprovalRow.status == TradeStatus.AWAITING_APPROVAL.value)
     )
-    return list(rows.scalars())
+    return int(count.scalar_one())
 
 
 async def unlock_guardian(sessions: Sessions, command: GuardianCommand) -> GuardianStatus:

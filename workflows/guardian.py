@@ -32,6 +32,10 @@ DB_RETRY = RetryPolicy(
 )
 FAN_OUT_TIMEOUT = timedelta(minutes=10)
 FAN_OUT_HEARTBEAT = timedelta(seconds=30)
+CASCADE_TIMEOUT = timedelta(hours=1)
+"""Rejecting and telling every pending approval after a lock (heartbeats catch a stuck one)."""
+CASCADE_PATCH = "guardian-cascade-in-batches"
+"""Locks write only themselves; the pending approvals are rejected after, in batches."""
 NOTIFY_TIMEOUT = timedelta(seconds=30)
 NOTIFY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
@@ -54,7 +58,8 @@ class GuardianWorkflow:
         # captured and sent again after a new lock must not release it).
         self._seen = SeenProofs(carried.seen if carried is not None else None)
         self._lock = asyncio.Lock()
-        self._fan_outs: list[tuple[GuardianFanOut, GuardianCascadeSummary]] = []
+        # (fan-out, summary, whether the pending are rejected in batches after the lock)
+        self._fan_outs: list[tuple[GuardianFanOut, GuardianCascadeSummary, bool]] = []
         self._operations = 0
 
     @workflow.run
@@ -65,8 +70,18 @@ class GuardianWorkflow:
                 lambda: bool(self._fan_outs) or self._operations >= CONTINUE_AS_NEW_AFTER
             )
             while self._fan_outs:
-                fan_out, summary = self._fan_outs.pop(0)
-                if fan_out.trade_ids:
+                fan_out, summary, in_batches = self._fan_outs.pop(0)
+                if in_batches:
+                    # The lock wrote only itself; reject what is pending now, in batches.
+                    rejected = await workflow.execute_activity_method(
+                        GuardianActivities.cascade_guardian_lock,
+                        fan_out.notice,
+                        start_to_close_timeout=CASCADE_TIMEOUT,
+                        heartbeat_timeout=FAN_OUT_HEARTBEAT,
+                        retry_policy=DB_RETRY,
+                    )
+                    summary = summary.model_copy(update={"rejected": rejected})
+                elif fan_out.trade_ids:
                     await workflow.execute_activity_method(
                         GuardianActivities.signal_guardian_lock,
                         fan_out,
@@ -88,8 +103,8 @@ class GuardianWorkflow:
 
     @workflow.update
     async def lock(self, command: GuardianCommand) -> GuardianStatus:
-        """Lock: returns once the lock is acknowledged (committed with every pending approval
-        rejected); the approvals' workflows are told afterwards."""
+        """Lock: returns once the lock is acknowledged (one short write: from then on no
+        decision can succeed); the pending approvals are rejected and told afterwards."""
         self._accepted(command)
         async with self._lock:
             self._operations += 1
@@ -108,6 +123,9 @@ class GuardianWorkflow:
                 locked_at=status.since,
                 correlation_id=command.correlation_id,
             )
+            # Older histories rejected every pending approval inside the lock's activity and
+            # only told them afterwards; newer locks write only themselves (issue 16).
+            in_batches = workflow.patched(CASCADE_PATCH)
             self._fan_outs.append(
                 (
                     GuardianFanOut(notice=notice, trade_ids=result.rejected),
@@ -118,6 +136,7 @@ class GuardianWorkflow:
                         rejected=len(result.rejected),
                         correlation_id=command.correlation_id,
                     ),
+                    in_batches,
                 )
             )
             return status

@@ -32,7 +32,16 @@ async def lock(api: Api, reason: str = "drawdown limit hit", who: str = "admin")
     response = await api.http.post("/api/guardian/lock", json={"reason": reason}, headers=auth(who))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
+    # In force now; the pending are rejected right after, in batches: wait for the last.
+    await wait_until(lambda: pending_remaining(api), timeout=30)
     return body
+
+
+async def pending_remaining(api: Api) -> bool:
+    """True once the lock's rejection of the pending approvals is done (or it was unlocked)."""
+    response = await api.http.get("/api/guardian/status", headers=auth("bob"))
+    assert response.status_code == 200, response.text
+    return bool(response.json()["pending_remaining"] == 0)
 
 
 async def unlock(api: Api) -> None:
@@ -55,7 +64,10 @@ async def test_guardian_lock_cascade_rejects_every_pending_approval(api: Api) ->
     assert status["locked"] is True
     assert status["reason"] == "drawdown limit hit"
     assert status["changed_by"] == "admin"
-    # Recorded REJECTED by the time the lock is acknowledged: no waiting on workflows.
+
+    # The lock is in force when acknowledged; the pending are rejected in batches right after
+    # (the status says how many are left), with no waiting on their workflows.
+    assert await pending_remaining(api)
     stored = await rows(api)
     for trade_id in pending:
         row = stored[trade_id]
@@ -64,7 +76,7 @@ async def test_guardian_lock_cascade_rejects_every_pending_approval(api: Api) ->
             "GUARDIAN_LOCK",
             "SYSTEM",
         )
-    assert blocked() == before + 5
+    await wait_until(lambda: blocked() == before + 5)
     async with api.gw.sessions() as session:
         decided = await session.execute(
             select(EventRow.trade_id).where(EventRow.event_type == "hitl.decided")
@@ -191,6 +203,12 @@ async def test_no_approval_ends_accepted_after_the_lock_is_acknowledged(postgres
         ).scalars()
         # Every acceptance committed before the lock's own entry: none after the ack.
         assert all(entry.id < lock_entry.id for entry in accepted)
+
+    async def decided() -> bool:
+        stored = await rows(api)
+        return all(stored[t].status in ("ACCEPTED", "REJECTED") for t in trade_ids)
+
+    await wait_until(decided)  # the lock's rejections follow its acknowledgement
     stored = await rows(api)
     assert all(stored[t].status in ("ACCEPTED", "REJECTED") for t in trade_ids)
     assert [s == 200 for s in statuses] == [stored[t].status == "ACCEPTED" for t in trade_ids]

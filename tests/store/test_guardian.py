@@ -1,5 +1,6 @@
-"""The Guardian's row: a lock rejects what is pending once, an unlock lets approvals through again,
-and a request recorded while locked is rejected at once. On PostgreSQL and SQLite."""
+"""The Guardian's row: a lock writes only itself and what is pending is rejected after it, in
+batches; an unlock lets approvals through again (and stops the batches); a request recorded while
+locked is rejected at once. On PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hitl.messages import GuardianCommand
 from hitl.models import DecisionReason, TradeStatus
 from store.engine import session_factory
-from store.guardian import lock_guardian, read_guardian, unlock_guardian
+from store.guardian import (
+    lock_guardian,
+    pending_remaining,
+    read_guardian,
+    reject_pending_batch,
+    rejected_after,
+    unlock_guardian,
+)
 from tests.store.helpers import stored_approval
 
 
@@ -22,11 +30,25 @@ async def test_lock_rejects_the_pending_once_and_unlock_reopens(engine: AsyncEng
     locked = await lock_guardian(sessions, command("drawdown"))
     assert locked.engaged
     assert locked.result.status.locked and locked.result.status.version == 1
-    assert locked.result.rejected == [a.trade_id for a in pending]
-    # Again while locked: nothing new is written, the same rejections are handed back.
+    # The lock writes only itself; the pending are rejected afterwards, in batches.
+    assert locked.result.rejected == []
+    async with sessions() as session:
+        assert await pending_remaining(session) == 3
+    first = await reject_pending_batch(sessions, limit=2)
+    assert first.rejected == [a.trade_id for a in pending[:2]]
+    async with sessions() as session:
+        assert await pending_remaining(session) == 1
+    # A resumed cascade finds what the standing lock rejected after a row it had reached.
+    assert await rejected_after(sessions, after_id=0) == first.rejected
+    rest = await reject_pending_batch(sessions, after_id=first.last_id, limit=2)
+    assert rest.rejected == [pending[2].trade_id]
+    assert (await reject_pending_batch(sessions, after_id=rest.last_id)).rejected == []
+    async with sessions() as session:
+        assert await pending_remaining(session) == 0
+    assert await rejected_after(sessions, after_id=0) == [a.trade_id for a in pending]
+    # Again while locked: nothing new is written.
     again = await lock_guardian(sessions, command("drawdown"))
     assert not again.engaged
-    assert again.result.rejected == locked.result.rejected
     assert again.result.status.version == 1
 
     late = await stored_approval(sessions)
@@ -39,3 +61,16 @@ async def test_lock_rejects_the_pending_once_and_unlock_reopens(engine: AsyncEng
     async with sessions() as session:
         assert await read_guardian(session) == status
     assert (await stored_approval(sessions)).status is TradeStatus.AWAITING_APPROVAL
+
+
+async def test_an_unlock_stops_the_batches(engine: AsyncEngine) -> None:
+    sessions = session_factory(engine, writer=True)
+    pending = await stored_approval(sessions)
+    await lock_guardian(sessions, command("drawdown"))
+    await unlock_guardian(sessions, command("false alarm"))
+    batch = await reject_pending_batch(sessions)
+    assert (batch.rejected, batch.last_id) == ([], 0)
+    assert (await stored_approval(sessions)).status is TradeStatus.AWAITING_APPROVAL
+    async with sessions() as session:
+        assert await pending_remaining(session) == 0
+    assert pending.status is TradeStatus.AWAITING_APPROVAL
