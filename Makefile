@@ -14,7 +14,7 @@ COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generat
 	--custom-compile-command "make lock"
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run demo discord-bot bench test lint pytest chaos chromium lock clean
+.PHONY: install run demo discord-bot bench bench-check test lint pytest chaos chromium lock clean
 
 # uv itself, hash-pinned, when the machine has none.
 $(BOOTSTRAP)/bin/uv: requirements/bootstrap.txt
@@ -48,6 +48,11 @@ discord-bot: install
 # Speed and memory on the embedded stack; results in docs/benchmarks.md (about 25 minutes).
 bench: install
 	$(BIN)/python -m bench $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)') $(BENCH_ARGS)
+
+# The regression guard (issue 19 item 5, not part of `make test`): the quick benchmark, failing when
+# CPU per approval or decision p99 is more than 25 % worse than bench/baseline.json (ratios).
+bench-check: install
+	$(BIN)/python -m bench.check
 
 lint: install
 	$(BIN)/ruff check .
