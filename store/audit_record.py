@@ -171,7 +171,12 @@ async def _stream_chain(
                 await result.close()
                 return touched
             if collect and content["record_mac"] is not None:
-                touched.add(content["target_id"])
+                # Approvals by trade id; the Guardian row by its target name.
+                touched.add(
+                    GUARDIAN_TARGET
+                    if content["target_type"] == GUARDIAN_TARGET
+                    else content["target_id"]
+                )
     return touched
 
 
@@ -260,8 +265,8 @@ async def _last_record_macs(
     return {target: mac for target, (_seq, mac) in last.items()}
 
 
-async def _check_others(connection: AsyncConnection, keys: RecordKeys) -> Finding | None:
-    """The Guardian row against its MAC and its trail; each snapshot against its MAC."""
+async def _check_guardian(connection: AsyncConnection, keys: RecordKeys) -> Finding | None:
+    """The Guardian row against its MAC and its trail."""
     signer = RecordSigner(keys)
     guardian = (await connection.execute(select(GuardianStateRow))).first()
     trail = await _last_record_macs(connection, GUARDIAN_TARGET, [GUARDIAN_TARGET])
@@ -283,6 +288,12 @@ async def _check_others(connection: AsyncConnection, keys: RecordKeys) -> Findin
                 else ProblemKind.EDITED,
                 detail="the Guardian row is not the state its last audit entry recorded",
             )
+    return None
+
+
+async def _check_snapshots(connection: AsyncConnection, keys: RecordKeys) -> Finding | None:
+    """Each post-trade snapshot against its MAC."""
+    signer = RecordSigner(keys)
     result = await connection.stream(
         select(PostTradeSnapshotRow)
         .where(PostTradeSnapshotRow.mac.is_not(None))
@@ -355,11 +366,12 @@ async def verify_record(
             report.entries = verifier.checked
             if report.finding is not None:
                 return report
-            report.finding = await _check_approvals(
-                connection, keys, head, report, only=None if start is None else touched
-            )
+            approvals = None if start is None else touched - {GUARDIAN_TARGET}
+            report.finding = await _check_approvals(connection, keys, head, report, only=approvals)
+            if report.finding is None and (start is None or GUARDIAN_TARGET in touched):
+                report.finding = await _check_guardian(connection, keys)
             if report.finding is None and start is None:
-                report.finding = await _check_others(connection, keys)
+                report.finding = await _check_snapshots(connection, keys)
             return report
 
 

@@ -16,12 +16,14 @@ from activities.audit import AuditActivities
 from activities.notifications import ConsoleNotifier
 from hitl.audit_chain import AuditCheckInput
 from hitl.keys import KeyPurpose, KeyringFile, keys_dir_from_environment
+from hitl.messages import GuardianCommand, RecordDecisionInput
+from store import approvals, guardian
 from store.audit import verification_status
 from store.checkpoints import checkpoint_path, read_checkpoints
 from store.engine import session_factory
 from store.tables import AuditChainHeadRow
 from tests.store.helpers import stored_approval
-from tests.store.test_audit_record import attack, build_record
+from tests.store.test_audit_record import attack, build_record, decision_of
 
 
 def _broken_gauge() -> float | None:
@@ -47,10 +49,23 @@ async def test_checks_checkpoint_and_alert_once_on_a_break(
     status = await verification_status(engine)
     assert status is not None and status.intact and status.seq == 10
 
-    # Only what was appended since is verified; the head reached is checkpointed again.
-    await stored_approval(sessions)
+    # Only what was appended since is verified (and the rows it changed: an approval, the
+    # Guardian's); the head reached is checkpointed again.
+    late = await stored_approval(sessions)
+    await approvals.record_decision(
+        sessions,
+        RecordDecisionInput(
+            expected=late, decided=decision_of(late, accept=False), event_type="hitl.decided"
+        ),
+    )
+    await guardian.lock_guardian(
+        sessions, GuardianCommand(reason="drill", by="admin", correlation_id="corr-lock-2")
+    )
+    await guardian.unlock_guardian(
+        sessions, GuardianCommand(reason="", by="admin", correlation_id="corr-unlock-2")
+    )
     second = await run(audit.verify_audit_chain, AuditCheckInput(start=first.head))
-    assert second.intact and second.head.seq == 11 and second.checked == 1
+    assert second.intact and second.head.seq == 14 and second.checked == 4, second
     assert len(read_checkpoints(checkpoint_path(tmp_path), keys.current()).checkpoints) == 2
 
     # The tail deleted and the head row rewound: the workflow's last head still knows better.

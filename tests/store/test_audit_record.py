@@ -59,7 +59,8 @@ async def run_hitl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int,
     return code, captured.out + captured.err
 
 
-def _decided(approval: ApprovalRequest, *, accept: bool, by: str = "alice") -> ApprovalRequest:
+def decision_of(approval: ApprovalRequest, *, accept: bool, by: str = "alice") -> ApprovalRequest:
+    """``approval`` accepted or rejected by ``by`` through the API."""
     return approval.model_copy(
         update={
             "status": TradeStatus.ACCEPTED if accept else TradeStatus.REJECTED,
@@ -74,14 +75,15 @@ def _decided(approval: ApprovalRequest, *, accept: bool, by: str = "alice") -> A
 
 
 async def build_record(sessions: Sessions) -> list[ApprovalRequest]:
-    """What a working day writes: requests, decisions, a fill, a refusal, a Guardian lock."""
+    """What a working day writes: requests, decisions, a fill, a refusal, a Guardian lock and
+    unlock: ten audit entries."""
     first = await stored_approval(sessions)
     second = await stored_approval(sessions)
     third = await stored_approval(sessions)
     accepted = await approvals.record_decision(
         sessions,
         RecordDecisionInput(
-            expected=first, decided=_decided(first, accept=True), event_type="hitl.decided"
+            expected=first, decided=decision_of(first, accept=True), event_type="hitl.decided"
         ),
     )
     filled = await approvals.record_transition(
@@ -96,7 +98,7 @@ async def build_record(sessions: Sessions) -> list[ApprovalRequest]:
     await approvals.record_decision(
         sessions,
         RecordDecisionInput(
-            expected=second, decided=_decided(second, accept=False), event_type="hitl.decided"
+            expected=second, decided=decision_of(second, accept=False), event_type="hitl.decided"
         ),
     )
     await record_audit(
@@ -110,7 +112,13 @@ async def build_record(sessions: Sessions) -> list[ApprovalRequest]:
             payload={"reason": "not an operator"},
         ),
     )
-    # The lock rejects the third, still pending; the unlock is one more state change.
+    await approvals.record_decision(
+        sessions,
+        RecordDecisionInput(
+            expected=third, decided=decision_of(third, accept=False), event_type="hitl.decided"
+        ),
+    )
+    # Nothing left pending: the Guardian's lock and unlock are one state change each.
     await guardian.lock_guardian(
         sessions, GuardianCommand(reason="drill", by="admin", correlation_id="corr-lock")
     )
@@ -346,6 +354,7 @@ async def test_a_missing_or_foreign_keyring_never_says_intact(
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(600)  # 1,220 appends, one at a time by design, on a shared CI machine
 async def test_concurrent_appends_on_postgresql_stay_one_gapless_chain(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -385,7 +394,7 @@ async def test_concurrent_appends_on_postgresql_stay_one_gapless_chain(
                 )
 
         async def decide(approval: ApprovalRequest, accept: bool) -> None:
-            decided = _decided(approval, accept=accept)
+            decided = decision_of(approval, accept=accept)
             await approvals.record_decision(
                 sessions,
                 RecordDecisionInput(expected=approval, decided=decided, event_type="hitl.decided"),
@@ -474,7 +483,7 @@ async def test_a_database_from_before_the_chain_gets_a_genesis(
         decided = await approvals.record_decision(
             sessions,
             RecordDecisionInput(
-                expected=legacy, decided=_decided(legacy, accept=True), event_type="hitl.decided"
+                expected=legacy, decided=decision_of(legacy, accept=True), event_type="hitl.decided"
             ),
         )
         assert decided.value.approval.status is TradeStatus.ACCEPTED
