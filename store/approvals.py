@@ -31,7 +31,13 @@ from hitl.messages import (
     RecordSnapshotInput,
     RecordTransitionInput,
 )
-from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from hitl.models import (
+    ApprovalRequest,
+    DecisionChannel,
+    DecisionReason,
+    TradeProposal,
+    TradeStatus,
+)
 from hitl.record_mac import RecordKind
 from hitl.slippage import snapshot_figures
 from store.audit import AuditEntry, write_audit
@@ -82,6 +88,17 @@ _DECISION_FIELDS = (
     "decision_reason",
     "comment",
 )
+
+
+def _same_proposal(found: ApprovalRequest, expected: ApprovalRequest) -> bool:
+    """The same proposal, whatever its times: the workflow's first write committed but its
+    record in history was lost (the Temporal server killed in between), so the write runs again
+    with a new clock. The stored request, with its deadline, stands (found by issue 16's chaos
+    suite)."""
+    fields = TradeProposal.model_fields
+    return RowHasher.canonical_json(
+        {name: getattr(found, name) for name in fields}
+    ) == RowHasher.canonical_json({name: getattr(expected, name) for name in fields})
 
 
 def _same_request(found: ApprovalRequest, expected: ApprovalRequest) -> bool:
@@ -152,7 +169,7 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
             if (
                 found is None
                 or not await approval_intact(session, existing, found)
-                or not _same_request(found, approval)
+                or not (_same_request(found, approval) or _same_proposal(found, approval))
             ):
                 raise _altered(
                     approval.trade_id,
