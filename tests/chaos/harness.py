@@ -187,6 +187,8 @@ class ChaosStack:
             "HITL_API_RATE_LIMIT": "100000/second",
             "HITL_WORKER_METRICS_PORT": str(self.metrics_port),
             "HITL_RECONCILE_SECONDS": "5",
+            # The simulated market on purpose, also on PostgreSQL (SEC-040 otherwise).
+            "HITL_MARKET": "simulated",
             # The keyrings the test session made (tests/conftest.py): every process needs them.
             "HITL_KEYS_DIR": os.environ["HITL_KEYS_DIR"],
         }
