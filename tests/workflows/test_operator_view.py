@@ -22,8 +22,10 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.notifications import NotificationActivities
+from hitl.errors import ConfigurationError
 from hitl.messages import GuardianCommand, LifecycleCommand, ReminderInput, ReminderKind
 from hitl.models import ApprovalRequest, Side, TradeProposal, TradeStatus
+from hitl.settings import load_settings
 from store.tables import AuditRow, EventRow
 from tests.temporal_fixtures import (
     Gateway,
@@ -398,3 +400,15 @@ def test_the_compose_stack_registers_exactly_these_attributes() -> None:
     for name in ("api", "worker", "discord-bot"):
         waits = compose["services"][name]["depends_on"]["temporal-search-attributes"]
         assert waits == {"condition": "service_completed_successfully"}
+
+
+def test_reminder_points_are_percentages_of_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HITL_ALLOWED_OPERATORS", "alice")
+    monkeypatch.setenv("HITL_REMIND_AT", "30%")
+    monkeypatch.setenv("HITL_ESCALATE_AT", "0")
+    settings = load_settings()
+    policy = settings.policy()
+    assert (policy.remind_at_percent, policy.escalate_at_percent) == (Decimal(30), Decimal(0))
+    monkeypatch.setenv("HITL_REMIND_AT", "100")
+    with pytest.raises(ConfigurationError, match="HITL_REMIND_AT"):
+        load_settings()
