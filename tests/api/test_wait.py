@@ -217,7 +217,8 @@ async def uvicorn_app(
         base_url = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-                yield base_url, app.state.services, Api(http=http, gw=gw, settings=settings, app=app)
+                api = Api(http=http, gw=gw, settings=settings, app=app)
+                yield base_url, app.state.services, api
         finally:
             server.should_exit = True
             await task

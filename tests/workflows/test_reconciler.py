@@ -313,9 +313,7 @@ async def test_concurrent_passes_close_a_lost_approval_once(
 async def test_startup_summary_is_kept_for_readyz(gw: Gateway) -> None:
     await requested(gw)
     await reconcile(gw)
-    handle = gw.env.client.get_workflow_handle_for(
-        ReconcilerWorkflow.run, reconciler_workflow_id(gw.task_queue)
-    )
+    handle = gw.env.client.get_workflow_handle(reconciler_workflow_id(gw.task_queue))
     startup = await handle.execute_update(
         ReconcilerWorkflow.reconcile_now, ReconcileNow(startup=True, interval_seconds=5)
     )
