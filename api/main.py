@@ -25,6 +25,7 @@ from api.services import Services
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.settings import Settings, get_settings
+from store.engine import is_outage
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,17 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    if is_outage(exc):
+        # The database is down or restarting: nothing was decided, the client may retry.
+        log.error(
+            "database unavailable",
+            actor="api",
+            action="request.refused",
+            result="503",
+            error_code=ErrorCode.SERVICE_UNAVAILABLE.code,
+            cause=repr(exc),
+        )
+        return _error(ErrorCode.SERVICE_UNAVAILABLE, "the database is unavailable; retry shortly")
     log.exception(
         "unhandled error",
         actor="api",

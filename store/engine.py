@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Dialect, Numeric, String, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -16,6 +18,25 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from hitl.decimals import MAX_DIGITS, PLACES, canonical_decimal
 
 Sessions: TypeAlias = async_sessionmaker[AsyncSession]
+
+
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53")
+"""PostgreSQL's connection exceptions, shutdowns, "cannot connect now" and exhausted resources."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (down, restarting, the network, a
+    full pool) rather than a bug: callers answer 503 and let the client retry, never 500."""
+    if isinstance(exc, OSError | PoolTimeoutError):
+        return True  # asyncpg's refused or reset connections arrive unwrapped
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc.orig, OSError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES)
+
+
 """A session factory: what every process hands the store's functions."""
 
 
