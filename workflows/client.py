@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
+import structlog
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -46,6 +47,8 @@ from workflows.approval import ApprovalWorkflow
 from workflows.guardian import GuardianWorkflow
 
 CommandT = TypeVar("CommandT", DecisionCommand, LifecycleCommand)
+
+log = structlog.get_logger(__name__)
 
 _UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
@@ -253,10 +256,8 @@ class ApprovalClient:
         # The starter's reckoning of the deadline, for the one-line summary only: the worker's
         # policy sets the real one (HitlExpiresAt, the current details).
         expected_expiry = datetime.now(UTC) + timedelta(seconds=settings.hitl.timeout_seconds)
+        await self._register_search_attributes()
         try:
-            if not self._registered:
-                await search_attributes.ensure_registered(self._client)
-                self._registered = True
             handle = await self._client.start_workflow(
                 ApprovalWorkflow.run,
                 start,
@@ -284,6 +285,41 @@ class ApprovalClient:
         except RPCError as exc:
             raise ApprovalHandle._rpc_error(exc) from exc
         return ApprovalHandle(handle, self._signer)
+
+    async def _register_search_attributes(self) -> None:
+        """Once per client: register the approvals' search attributes the server lacks.
+
+        Best effort: make run, compose and the tests register them beforehand, and a server
+        that does not let the gateway register (an authoriser, Temporal Cloud) is told by an
+        operator. A refusal is logged and not asked again; an unreachable server is asked at
+        the next start (the start itself then fails as it would have).
+        """
+        if self._registered:
+            return
+        try:
+            added = await search_attributes.ensure_registered(self._client)
+        except RPCError as exc:
+            log.warning(
+                "search attributes not registered",
+                correlation_id="-",
+                actor="gateway",
+                action="temporal.search_attributes",
+                result=exc.status.name,
+                detail=exc.message,
+            )
+            if exc.status in _UNAVAILABLE:
+                return
+        else:
+            if added:
+                log.info(
+                    "search attributes registered",
+                    correlation_id="-",
+                    actor="gateway",
+                    action="temporal.search_attributes",
+                    result="added",
+                    names=added,
+                )
+        self._registered = True
 
     def approval(self, trade_id: UUID) -> ApprovalHandle:
         """The approval of ``trade_id`` (not checked to exist until used)."""

@@ -25,9 +25,11 @@ from activities.notifications import NotificationActivities
 from hitl.errors import ConfigurationError
 from hitl.messages import GuardianCommand, LifecycleCommand, ReminderInput, ReminderKind
 from hitl.models import ApprovalRequest, Side, TradeProposal, TradeStatus
-from hitl.settings import load_settings
+from hitl.settings import get_settings, load_settings
 from store.tables import AuditRow, EventRow
 from tests.temporal_fixtures import (
+    BIN,
+    DEV_SERVER_PRAGMAS,
     Gateway,
     RecordingNotifier,
     make_proposal,
@@ -38,6 +40,7 @@ from tests.workflows.test_approval_paths import audits, command, events
 from workflows import search_attributes as sa
 from workflows.client import GuardianClient
 from workflows.codec import ENCODING
+from workflows.connection import gateway_data_converter
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -146,8 +149,11 @@ async def test_a_list_query_finds_exactly_the_matching_approvals_within_seconds(
         "HitlStatus = 'ACCEPTED' AND HitlInstrument = 'EUR/USD' AND HitlDecidedBy = 'alice'"
         f" AND HitlRequestedBy = '{bot}'"
     )
-    await wait_until(lambda: _lists(client, query, [ids[0]]), timeout=5.0, interval=0.1)
-    assert asyncio.get_running_loop().time() - decided_at < 2.5
+    # Found in well under a second on an idle machine; the bound leaves room for a loaded
+    # 2-core CI runner shared with other suites.
+    await wait_until(lambda: _lists(client, query, [ids[0]]), timeout=10.0, interval=0.1)
+    lag = asyncio.get_running_loop().time() - decided_at
+    assert lag < 5.0, f"the list query found the decision {lag:.1f} s after it"
     assert sorted(await listed(client, f"HitlRequestedBy = '{bot}'")) == sorted(ids)
     assert await listed(client, f"HitlStatus = 'REJECTED' AND HitlRequestedBy = '{bot}'") == [
         ids[3]
@@ -180,7 +186,8 @@ async def test_summary_and_details_are_shown_and_encrypted_while_attributes_stay
     assert r"Breakout \[click\]\(http://evil\.test\) \*now\*" in details
     assert "**Confidence:** 82 %" in details
     assert f"`{proposal.correlation_id}`" in details
-    assert f"(http://127.0.0.1:8000/approvals/{proposal.trade_id})" in details
+    hub = get_settings().hitl.hub_url.rstrip("/")
+    assert f"({hub}/approvals/{proposal.trade_id})" in details
 
     # The UI reads summaries through the codec endpoint; attributes must stay indexable.
     metadata = description.raw_description.execution_config.user_metadata
@@ -211,11 +218,29 @@ async def test_summary_and_details_are_shown_and_encrypted_while_attributes_stay
 
 
 async def test_attributes_are_registered_by_the_client_when_the_server_lacks_them(
-    gateway: Gateway,
+    sqlite_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    # The session's dev server had them from its start: nothing to add, and adding is
-    # idempotent.
-    assert await sa.ensure_registered(gateway.env.client) == []
+    # A dev server started without them (as the benchmark's and other rigs' are).
+    env = await WorkflowEnvironment.start_local(
+        data_converter=gateway_data_converter(get_settings()),
+        dev_server_existing_path=str(BIN / "temporal"),
+        dev_server_extra_args=DEV_SERVER_PRAGMAS,
+    )
+    try:
+        gw = await start_gateway(env, sqlite_sessions)
+        async with gw.worker:
+            handle = await gw.client.request_approval(
+                make_proposal(gw.market), requested_by="bot-1"
+            )
+            approval = await handle.recorded()
+            found = await wait_for_attribute(
+                env.client, handle.workflow_id, sa.EXPIRES_AT, approval.expires_at
+            )
+            assert found.get(sa.STATUS) == "AWAITING_APPROVAL"
+            # Now registered: nothing more to add.
+            assert await sa.ensure_registered(env.client) == []
+    finally:
+        await env.shutdown()
     assert sa.dev_server_args()[:2] == ["--search-attribute", "HitlStatus=Keyword"]
     assert set(sa.cli_specs()) == {
         "HitlStatus=Keyword",
