@@ -4,6 +4,7 @@ Guardian, and leaves nothing in the database or the workflow's history (issue 14
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,23 @@ async def history_length(client: Client, workflow_id: str) -> int:
     return len((await client.get_workflow_handle(workflow_id).fetch_history()).events)
 
 
+async def settled_history_length(client: Client, workflow_id: str) -> int:
+    """The history's length once the workflow is idle (no workflow task or activity pending and
+    nothing new for a moment): notices sent after a decision must not land in the comparison."""
+    handle = client.get_workflow_handle(workflow_id)
+    deadline = asyncio.get_running_loop().time() + 30
+    seen = -1
+    while True:
+        length = len((await handle.fetch_history()).events)
+        raw = (await handle.describe()).raw_description
+        idle = not raw.pending_activities and not raw.HasField("pending_workflow_task")
+        if idle and length == seen:
+            return length
+        assert asyncio.get_running_loop().time() < deadline, "the workflow never went idle"
+        seen = length if idle else -1
+        await asyncio.sleep(0.2)
+
+
 async def audit_count(gw: Gateway) -> int:
     async with gw.sessions() as session:
         return int((await session.execute(select(func.count()).select_from(AuditRow))).scalar_one())
@@ -100,7 +118,7 @@ async def test_an_unsigned_decision_is_refused_and_leaves_no_trace(
 ) -> None:
     trade_id, before = await requested(gw)
     workflow_id = workflow_id_for(trade_id)
-    events, audits = await history_length(raw, workflow_id), await audit_count(gw)
+    events, audits = await settled_history_length(raw, workflow_id), await audit_count(gw)
     action = CommandAction.APPROVE if decision == "approve" else CommandAction.REJECT
     counted = refusals(action)
     await expect_refusal(
@@ -126,7 +144,7 @@ async def test_a_proof_for_another_approval_another_action_or_another_key_is_ref
         command("alice"), workflow_id=workflow_id_for(first), action=CommandAction.APPROVE
     )
     handle = raw.get_workflow_handle(workflow_id_for(second))
-    events = await history_length(raw, workflow_id_for(second))
+    events = await settled_history_length(raw, workflow_id_for(second))
     await expect_refusal(handle.execute_update("approve", captured), ErrorCode.COMMAND_NOT_SIGNED)
     for_reject = signer.sign(
         command("alice"), workflow_id=workflow_id_for(second), action=CommandAction.REJECT
@@ -170,7 +188,7 @@ async def test_an_unsigned_lifecycle_report_is_refused(gw: Gateway, raw: Client)
     handle = raw.get_workflow_handle(workflow_id)
     # The post-trade snapshot is still being taken: wait until the workflow is idle.
     await wait_until(lambda: handle.query("snapshot"))
-    events = await history_length(raw, workflow_id)
+    events = await settled_history_length(raw, workflow_id)
     report = LifecycleCommand(target=TradeStatus.FILLED, reported_by="bot-1", correlation_id="c")
     await expect_refusal(handle.execute_update("advance", report), ErrorCode.COMMAND_NOT_SIGNED)
     assert (await stored(gw, trade_id)) == accepted
@@ -249,7 +267,7 @@ async def test_unsigned_guardian_lock_and_unlock_are_refused(gw: Gateway, raw: C
     guardian = GuardianClient(gw.env.client, task_queue=gw.task_queue)
     await guardian.unlock(GuardianCommand(by="admin", correlation_id="c"))  # starts it
     workflow_id = guardian_workflow_id(gw.task_queue)
-    events = await history_length(raw, workflow_id)
+    events = await settled_history_length(raw, workflow_id)
 
     async def state() -> Any:
         async with gw.sessions() as session:
@@ -311,7 +329,7 @@ async def test_an_unsigned_lock_notice_is_refused_and_the_old_signal_ignored(
 ) -> None:
     trade_id, before = await requested(gw)
     workflow_id = workflow_id_for(trade_id)
-    events = await history_length(raw, workflow_id)
+    events = await settled_history_length(raw, workflow_id)
     notice = GuardianLockNotice(
         version=99,
         reason="fake",
