@@ -279,7 +279,9 @@ class PaperMarket:
             seed=self.seed, instrument=instrument, volatility=self.volatility, seconds=seconds
         )
         highest = quantize8(_MAX_PRICE / (1 + 2 * self._half_spread))
-        return min(max(quantize8(anchor.price * factor), 2 * QUANTUM), highest)
+        # Clamped before rounding: a product beyond the price range has more digits than the
+        # decimal context can quantize (InvalidOperation after an absurd horizon).
+        return max(quantize8(min(anchor.price * factor, highest)), 2 * QUANTUM)
 
     async def quote(self, instrument: str) -> MarketQuote:
         """The paper market's current quote of ``instrument``; raises ``MarketDataError``."""
