@@ -91,6 +91,40 @@ class LockOutcome:
     """True when this call locked; False when the lock already stood (a retry)."""
 
 
+async def _flip(
+    session: AsyncSession,
+    guardian: GuardianStateRow,
+    *,
+    locked: bool,
+    command: GuardianCommand,
+    at: datetime,
+) -> None:
+    """Lock or unlock the row (caller holds it FOR UPDATE) and chain its audit entry, sealed
+    with the row's new MAC, in the same transaction."""
+    before, after = ("UNLOCKED", "LOCKED") if locked else ("LOCKED", "UNLOCKED")
+    guardian.locked = locked
+    # A lock always names its reason; an unlock may leave it empty (stored as no reason).
+    guardian.reason = command.reason if locked else (command.reason or None)
+    guardian.since = at
+    guardian.changed_by = command.by
+    guardian.version += 1
+    await write_audit(
+        session,
+        AuditEntry(
+            actor_id=command.by,
+            action="guardian.locked" if locked else "guardian.unlocked",
+            target_id=GUARDIAN_TARGET,
+            target_type=GUARDIAN_TARGET,
+            correlation_id=command.correlation_id,
+            previous_state=before,
+            new_state=after,
+            payload={"reason": command.reason, "version": guardian.version},
+            idempotency_key=f"guardian:{guardian.version}",
+            record_mac=seal_guardian(guardian),
+        ),
+    )
+
+
 async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOutcome:
     """Lock in one short transaction (the row, its audit entry): when this commits the lock is
     in force, since every decision and request reads the row in its own transaction. The pending
@@ -103,26 +137,7 @@ async def lock_guardian(sessions: Sessions, command: GuardianCommand) -> LockOut
             return LockOutcome(
                 GuardianLockResult(status=guardian_status_from_row(guardian)), engaged=False
             )
-        guardian.locked = True
-        guardian.reason = command.reason
-        guardian.since = now
-        guardian.changed_by = command.by
-        guardian.version += 1
-        await write_audit(
-            session,
-            AuditEntry(
-                actor_id=command.by,
-                action="guardian.locked",
-                target_id=GUARDIAN_TARGET,
-                target_type=GUARDIAN_TARGET,
-                correlation_id=command.correlation_id,
-                previous_state="UNLOCKED",
-                new_state="LOCKED",
-                payload={"reason": command.reason, "version": guardian.version},
-                idempotency_key=f"guardian:{guardian.version}",
-                record_mac=seal_guardian(guardian),
-            ),
-        )
+        await _flip(session, guardian, locked=True, command=command, at=now)
         status = guardian_status_from_row(guardian)
     return LockOutcome(GuardianLockResult(status=status), engaged=True)
 
@@ -225,24 +240,5 @@ async def unlock_guardian(sessions: Sessions, command: GuardianCommand) -> Guard
     async with sessions.begin() as session:
         guardian = await guardian_state(session, for_update=True)
         if guardian.locked:
-            guardian.locked = False
-            guardian.reason = command.reason or None
-            guardian.since = datetime.now(UTC)
-            guardian.changed_by = command.by
-            guardian.version += 1
-            await write_audit(
-                session,
-                AuditEntry(
-                    actor_id=command.by,
-                    action="guardian.unlocked",
-                    target_id=GUARDIAN_TARGET,
-                    target_type=GUARDIAN_TARGET,
-                    correlation_id=command.correlation_id,
-                    previous_state="LOCKED",
-                    new_state="UNLOCKED",
-                    payload={"reason": command.reason, "version": guardian.version},
-                    idempotency_key=f"guardian:{guardian.version}",
-                    record_mac=seal_guardian(guardian),
-                ),
-            )
+            await _flip(session, guardian, locked=False, command=command, at=datetime.now(UTC))
         return guardian_status_from_row(guardian)
