@@ -437,8 +437,18 @@ class FakeDiscord:
     def click(
         self, message_id: int, custom_id: str, *, user_id: int, username: str = "operator"
     ) -> dict[str, Any]:
-        """The INTERACTION_CREATE payload of ``user_id`` clicking ``custom_id`` on a message."""
+        """The INTERACTION_CREATE payload of ``user_id`` clicking ``custom_id`` on a message, as
+        the message stands now. Discord refuses a click on a button the message no longer shows
+        ("This interaction failed") and never delivers it: so does this fake. A click that raced
+        an edit is a payload taken before the edit and delivered after it."""
         message = self.messages[message_id]
+        shown = {
+            button.get("custom_id")
+            for row in message.get("components") or []
+            for button in row.get("components") or []
+        }
+        if custom_id not in shown:
+            raise AssertionError(f"message {message_id} shows no button {custom_id!r} to click")
         channel_id = int(message["channel_id"])
         interaction_id = self.snowflake()
         token = f"interaction.{secrets.token_urlsafe(32)}"

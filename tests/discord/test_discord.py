@@ -490,7 +490,7 @@ async def test_timeout_notice_on_expiry(
     sqlite_sessions: async_sessionmaker[AsyncSession],
     fake: FakeDiscord,
 ) -> None:
-    async with running_rig(dev_env, sqlite_sessions, fake, timeout_seconds=1) as rig:
+    async with running_rig(dev_env, sqlite_sessions, fake, timeout_seconds=4) as rig:
         approval, message = await rig.request()
         # An operator's client still showing the buttons, clicked after the deadline.
         late = rig.fake.click(
