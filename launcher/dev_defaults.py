@@ -20,6 +20,9 @@ TOKENS_FILE = "dev-tokens.env"
 DEV_PRINCIPALS = (("bot-1", "bot"), ("alice", "operator"), ("admin", "admin"))
 """The principals that get a generated token when ``HITL_API_TOKENS`` is unset."""
 
+DEMO_INTERVAL_SECONDS = 20.0
+"""The demo bot's default pause between two proposals (``hitl demo --interval``)."""
+
 
 def _unset(environ: Mapping[str, str], name: str) -> bool:
     return not environ.get(name, "").strip()

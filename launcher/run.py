@@ -31,7 +31,7 @@ from hitl.settings import Settings
 from launcher.addresses import answers, is_local, split_address, url_host
 from launcher.banner import banner
 from launcher.demo_bot import run_demo_bot
-from launcher.dev_defaults import apply_dev_defaults, first_token_of_role
+from launcher.dev_defaults import DEMO_INTERVAL_SECONDS, apply_dev_defaults, first_token_of_role
 from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, StartupError
 from launcher.readiness import wait_for_api, wait_for_temporal, wait_for_worker
 from launcher.supervisor import Child, Supervisor
@@ -43,9 +43,6 @@ T = TypeVar("T")
 
 API_APP = "api.main:create_app"
 """The uvicorn factory of the API process."""
-
-DEMO_INTERVAL_SECONDS = 20.0
-"""The demo bot's default pause between two proposals."""
 
 
 def temporal_binary() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from launcher.commands import Subparsers
-from launcher.run import DEMO_INTERVAL_SECONDS, run_gateway
+from launcher.dev_defaults import DEMO_INTERVAL_SECONDS
 
 DESCRIPTION = """\
 Run the gateway as `hitl run` does, plus a simulated bot that proposes a trade at once and then
@@ -36,4 +36,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from launcher.run import run_gateway  # heavy: only when the demo runs (see run.py)
+
     return run_gateway(demo=True, demo_interval=args.interval)

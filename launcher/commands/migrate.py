@@ -10,7 +10,6 @@ from hitl.errors import ConfigurationError
 from hitl.settings import get_settings
 from launcher.commands import Subparsers
 from launcher.errors import EXIT_CONFIGURATION, EXIT_OK
-from migrations.runner import upgrade_to_head
 
 DESCRIPTION = """\
 Apply every pending migration to the approval database (an SQLite file's folder is created if
@@ -38,5 +37,7 @@ def _migrate(args: argparse.Namespace) -> int:
             return EXIT_CONFIGURATION
     # Alembic reports each revision it applies through logging.
     logging.basicConfig(level=logging.INFO, format="%(levelname)-5.5s [%(name)s] %(message)s")
+    from migrations.runner import upgrade_to_head  # Alembic and SQLAlchemy: only when run
+
     upgrade_to_head(url)
     return EXIT_OK

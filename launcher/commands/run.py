@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from launcher.commands import Subparsers
-from launcher.run import run_gateway
 
 DESCRIPTION = """\
 Run the HITL Approval Gateway on embedded defaults: migrate the database, start the Temporal
@@ -27,4 +26,8 @@ def register(subparsers: Subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     del args  # no options
+    # Imported here: the launcher pulls in Temporal, SQLAlchemy and the API; `hitl --help`
+    # and the other commands should not wait for them.
+    from launcher.run import run_gateway
+
     return run_gateway()

@@ -12,14 +12,19 @@ import asyncio
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from hitl.errors import ConfigurationError
 from hitl.principals import Role
 from hitl.settings import get_settings
 from launcher.commands import Subparsers
 from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, EXIT_OK
-from store.engine import create_engine, session_factory
-from store.tokens import TokenInfo, issue_token, list_tokens, revoke_tokens
+
+if TYPE_CHECKING:
+    from store.tokens import TokenInfo
+
+# store/ (SQLAlchemy) is imported by each action, not here: `hitl --help` and every other
+# command then start without it.
 
 DESCRIPTION = """\
 Manage the API tokens kept in the database (those declared in HITL_API_TOKENS are not listed
@@ -100,6 +105,9 @@ def parse_lifetime(text: str) -> timedelta:
 
 
 async def _issue_async(url: str, principal: str, role: Role, expires_at: datetime | None) -> str:
+    from store.engine import create_engine, session_factory
+    from store.tokens import issue_token
+
     engine = create_engine(url)
     try:
         return await issue_token(
@@ -110,6 +118,9 @@ async def _issue_async(url: str, principal: str, role: Role, expires_at: datetim
 
 
 async def _revoke_async(url: str, principal: str) -> int:
+    from store.engine import create_engine, session_factory
+    from store.tokens import revoke_tokens
+
     engine = create_engine(url)
     try:
         return await revoke_tokens(session_factory(engine), principal=principal)
@@ -118,6 +129,9 @@ async def _revoke_async(url: str, principal: str) -> int:
 
 
 async def _list_async(url: str) -> list[TokenInfo]:
+    from store.engine import create_engine, session_factory
+    from store.tokens import list_tokens
+
     engine = create_engine(url)
     try:
         return await list_tokens(session_factory(engine))
