@@ -234,13 +234,17 @@ class ChaosStack:
             return [sys.executable, "-m", "discord_bot"]
         raise ValueError(name)
 
-    def spawn(self, name: str) -> None:
-        """Start the named process (again)."""
+    def spawn(
+        self, name: str, *, program: str | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start the named process (again): ``program`` (one of ``_argv``'s names, default
+        ``name``) with ``env`` over the stack's environment, e.g. a second worker."""
         log_file = (self.workdir / f"{name}.log").open("ab")
+        argv = self._argv(program or name)
         popen = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", ORPHAN_GUARD, str(os.getpid()), *self._argv(name)],
+            [sys.executable, "-I", "-S", "-c", ORPHAN_GUARD, str(os.getpid()), *argv],
             cwd=REPO,
-            env=self.env(),
+            env=self.env() | dict(env or {}),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -292,6 +296,17 @@ class ChaosStack:
 
             await _wait(ready, seconds=READY_SECONDS, what="the API")
 
+    async def wait_alive(self) -> None:
+        """Until the API process answers ``/healthz`` (ready or not)."""
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=5) as http:
+
+            async def alive() -> bool:
+                if not self.alive("api"):
+                    raise ProcessDied(f"the API died:\n{self.log_tail('api')}")
+                return (await http.get("/healthz")).status_code == httpx.codes.OK
+
+            await _wait(alive, seconds=READY_SECONDS, what="the API process")
+
     async def start(self) -> None:
         """Migrate, then start the server, the worker and the API; wait until ready."""
         migrate = await asyncio.create_subprocess_exec(
@@ -315,8 +330,9 @@ class ChaosStack:
         await self.wait_api()
 
     def stop(self) -> None:
-        """Stop everything: SIGTERM, SIGKILL after a grace period."""
-        for name in ("discord", "api", "worker", "temporal"):
+        """Stop everything: SIGTERM, SIGKILL after a grace period (extra processes first)."""
+        standard = ("discord", "api", "worker", "temporal")
+        for name in [*(n for n in self.procs if n not in standard), *standard]:
             proc = self.procs.get(name)
             if proc is None:
                 continue
