@@ -86,7 +86,9 @@ class PersistenceActivities:
 
     @activity.defn(name="record_decision")
     async def record_decision(self, data: RecordDecisionInput) -> DecisionRecorded:
-        """End the approval phase (decision, expiry, rejection by the system).
+        """End the approval phase (decision, expiry, rejection by the system), or record a first
+        of the two approvals an approval needs above the four-eyes risk level (``decided``
+        still AWAITING_APPROVAL, with its approvers).
 
         The stored row must match both its own hash and the workflow's copy; otherwise the
         approval is rejected with INTEGRITY_FAILURE (SEC-080), the row restored from the
@@ -110,6 +112,18 @@ class PersistenceActivities:
                 action="approval.decided",
                 result="REJECTED",
                 error_code=ErrorCode.GUARDIAN_LOCKED.code,
+                trade_id=trade_id,
+            )
+            return result
+        if not decided.is_decided:
+            # A first of two approvals (four eyes): nothing is decided yet.
+            log.info(
+                "approval recorded; a second operator must approve",
+                correlation_id=decided.correlation_id,
+                actor=decided.approvers[-1] if decided.approvers else None,
+                action="approval.approved_once",
+                result=decided.status.value,
+                approvers=list(decided.approvers),
                 trade_id=trade_id,
             )
             return result

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from hitl.decisions import FOUR_EYES
 from hitl.messages import PostTradeSnapshot
 from hitl.models import (
     ApprovalRequest,
@@ -64,7 +65,8 @@ class RejectBody(_Body):
 
 
 class DecisionResult(BaseModel):
-    """The definitive outcome of a decision."""
+    """The outcome of a decision: definitive, or (202, four eyes) a first approval recorded
+    while the approval, still ``AWAITING_APPROVAL``, waits for a second, different operator."""
 
     status: TradeStatus
     trade_id: UUID
@@ -72,6 +74,11 @@ class DecisionResult(BaseModel):
     decided_by: str | None
     decision_reason: DecisionReason | None
     correlation_id: str
+    approvers: list[str] = []
+    """The operators who approved so far, in order, when the approval needs two (risk above
+    the worker's ``HITL_FOUR_EYES_RISK_PCT``); empty when one operator decides alone."""
+    approvals_required: int = 1
+    """How many different operators must approve: 2 above the four-eyes risk level."""
 
     @classmethod
     def of(cls, approval: ApprovalRequest) -> DecisionResult:
@@ -83,6 +90,8 @@ class DecisionResult(BaseModel):
             decided_by=approval.decided_by,
             decision_reason=approval.decision_reason,
             correlation_id=approval.correlation_id,
+            approvers=list(approval.approvers),
+            approvals_required=FOUR_EYES if approval.approvers else 1,
         )
 
 
@@ -171,6 +180,12 @@ class ApprovalDetail(BaseModel):
     def correlation_id(self) -> str:
         """The approval's correlation id."""
         return self.approval.correlation_id
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def approvers(self) -> list[str]:
+        """The operators who approved so far when it needs two (four eyes), in order."""
+        return list(self.approval.approvers)
 
     @property
     def awaiting(self) -> bool:

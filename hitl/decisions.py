@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from hitl.errors import ErrorCode
 from hitl.messages import SYSTEM_ACTOR, DecisionCommand, GuardianLockNotice
@@ -86,14 +87,21 @@ def refusal_of_decision(
     guardian: GuardianLockNotice | None,
     approval: ApprovalRequest | None,
     now: datetime,
+    requested_by: str | None = None,
 ) -> Refusal | None:
     """The workflow's check of a decision before it is admitted (its Update validator): who is
-    deciding, through which channel, whether the Guardian stands in the way, whether the caller
-    still waits, and then :func:`refusal_of_standing`. ``approval`` None: not recorded yet, the
-    handler waits for it."""
+    deciding (never the principal that requested the trade), through which channel, whether the
+    Guardian stands in the way, whether the caller still waits, and then
+    :func:`refusal_of_standing`. ``approval`` None: not recorded yet, the handler waits for
+    it."""
     if command.operator_id not in allowed_operators:
         return Refusal(
             ErrorCode.UNAUTHORISED_OPERATOR, f"{command.operator_id} may not decide approvals"
+        )
+    if requested_by is not None and command.operator_id == requested_by:
+        return Refusal(
+            ErrorCode.UNAUTHORISED_OPERATOR,
+            f"{command.operator_id} requested this trade and may not decide it",
         )
     if command.channel is DecisionChannel.SYSTEM:
         return Refusal(ErrorCode.UNAUTHORISED_OPERATOR, "operators cannot decide as SYSTEM")
@@ -113,7 +121,9 @@ def refusal_of_standing(
 ) -> Refusal | None:
     """What the approval as it stands says to a decision received ``at``: a decided one refuses
     all but its own decider repeating it (:func:`refusal_for_decided`), an undecided one refuses
-    once its deadline has come (SEC-013)."""
+    once its deadline has come (SEC-013), and an operator who already gave one of the two
+    approvals it needs (four eyes) may not give the second (SEC-014); rejecting stays open to
+    everyone."""
     if approval.is_decided:
         refusal = refusal_for_decided(approval, operator_id=operator_id, decision=decision)
         if refusal is None:
@@ -126,7 +136,70 @@ def refusal_of_standing(
         )
     if at >= approval.expires_at:
         return Refusal(ErrorCode.EXPIRED, f"approval of {approval.trade_id} has expired")
+    if decision is Decision.APPROVE and operator_id in approval.approvers:
+        return Refusal(
+            ErrorCode.SAME_APPROVER,
+            f"{operator_id} already approved {approval.trade_id}; its risk needs a second "
+            "approval from a different operator (four eyes)",
+            approval,
+        )
     return None
+
+
+# --- four eyes (separation of duties above a risk level) --------------------------------------
+
+FOUR_EYES = 2
+"""Approvals an approval needs above ``HITL_FOUR_EYES_RISK_PCT``: two different operators."""
+
+
+def approvals_required(risk_pct: Decimal, threshold: Decimal | None) -> int:
+    """How many different operators must approve a trade of ``risk_pct``: two strictly above
+    ``threshold`` (the worker's ``HITL_FOUR_EYES_RISK_PCT``), one otherwise or when it is None
+    (four eyes off)."""
+    if threshold is not None and risk_pct > threshold:
+        return FOUR_EYES
+    return 1
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalStep:
+    """What one more approval does: the approvers it leaves recorded, and whether it accepts
+    (slippage permitting) or only records an approval while the approval keeps waiting."""
+
+    approvers: tuple[str, ...]
+    accepts: bool
+
+
+def approval_step(approval: ApprovalRequest, operator_id: str, *, required: int) -> ApprovalStep:
+    """``operator_id``'s approval of ``approval`` (already admitted by
+    :func:`refusal_of_standing`, so not one of its approvers). With one approval required the
+    record keeps no approvers (``decided_by`` is the decider) and the approval accepts; with
+    more, the operator joins the approvers and the approval accepts once there are enough."""
+    if required <= 1:
+        return ApprovalStep(approvers=approval.approvers, accepts=True)
+    approvers = (*approval.approvers, operator_id)
+    return ApprovalStep(approvers=approvers, accepts=len(set(approvers)) >= required)
+
+
+def four_eyes_held(
+    approval: ApprovalRequest, *, requested_by: str, threshold: Decimal | None
+) -> bool:
+    """The separation-of-duties invariant of a stored approval: one accepted by operators
+    (status ACCEPTED or later, reason OPERATOR_APPROVED) above ``threshold`` names two distinct
+    approvers, neither of them the requester, the last its decider."""
+    accepted = (
+        approval.status in _AFTER_ACCEPTANCE
+        and approval.decision_reason is DecisionReason.OPERATOR_APPROVED
+    )
+    if not accepted or approvals_required(approval.risk_pct, threshold) < FOUR_EYES:
+        return True
+    approvers = approval.approvers
+    return (
+        len(set(approvers)) >= FOUR_EYES
+        and len(set(approvers)) == len(approvers)
+        and requested_by not in approvers
+        and approval.decided_by == approvers[-1]
+    )
 
 
 _AFTER_ACCEPTANCE = (
@@ -146,6 +219,12 @@ def refusal_for_decided(
         return ErrorCode.EXPIRED
     if approval.decision_reason is DecisionReason.GUARDIAN_LOCK:
         return ErrorCode.GUARDIAN_LOCKED
+    if (
+        decision is Decision.APPROVE
+        and operator_id in approval.approvers
+        and approval.status in _AFTER_ACCEPTANCE
+    ):
+        return None  # one of the two approvers of an accepted approval, approving again
     if approval.decided_by == operator_id:
         if decision is Decision.APPROVE and approval.status in _AFTER_ACCEPTANCE:
             return None

@@ -33,6 +33,12 @@ class ErrorCode(Enum):
     DUPLICATE_REQUEST = ErrorSpec("SEC-011", 409, "An approval already exists for this trade.")
     ALREADY_DECIDED = ErrorSpec("SEC-012", 409, "The approval has already been decided.")
     EXPIRED = ErrorSpec("SEC-013", 410, "The approval expired before a decision.")
+    SAME_APPROVER = ErrorSpec(
+        "SEC-014",
+        409,
+        "This operator has already approved; above the four-eyes risk level a second, "
+        "different operator must approve.",
+    )
     GUARDIAN_LOCKED = ErrorSpec("SEC-020", 423, "The Guardian is locked; trading is halted.")
     INVALID_TRANSITION = ErrorSpec("SEC-030", 409, "Invalid trade lifecycle transition.")
     CONFIGURATION = ErrorSpec("SEC-040", 500, "Invalid or missing configuration.")

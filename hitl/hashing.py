@@ -18,6 +18,15 @@ from hitl.decimals import canonical_decimal
 
 HASH_FIELD = "row_hash"
 
+ELIDED_WHEN_EMPTY = frozenset({"approvers"})
+"""Fields added to the record later, left out of its canonical form while empty (None, an empty
+list or tuple): a record that never had them hashes (and MACs) exactly as before they existed."""
+
+
+def elided(name: str, value: Any) -> bool:
+    """Whether ``name`` with ``value`` is left out of the canonical form."""
+    return name in ELIDED_WHEN_EMPTY and (value is None or value == () or value == [])
+
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, Decimal):
@@ -47,7 +56,9 @@ class RowHasher:
     def canonical_json(record: BaseModel | Mapping[str, Any]) -> str:
         """The exact text that is hashed."""
         fields = record.model_dump() if isinstance(record, BaseModel) else dict(record)
-        payload = {k: _canonical(v) for k, v in fields.items() if k != HASH_FIELD}
+        payload = {
+            k: _canonical(v) for k, v in fields.items() if k != HASH_FIELD and not elided(k, v)
+        }
         return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
     @classmethod

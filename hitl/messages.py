@@ -50,6 +50,10 @@ class ApprovalPolicy(_Message):
     escalate_at_percent: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(80)
     """When, in percent of the window, an undecided approval is escalated
     (``HITL_ESCALATE_AT``); 0 never escalates."""
+    four_eyes_risk_pct: Annotated[Decimal, Field(ge=0, lt=100)] | None = None
+    """Above this risk an approval needs two different operators (``HITL_FOUR_EYES_RISK_PCT``,
+    ``hitl.decisions.approvals_required``); None: one suffices. Policies recorded before this
+    field read None."""
 
 
 class ApprovalWorkflowInput(_Message):

@@ -95,6 +95,10 @@ FreeText = Annotated[str, Field(max_length=2000)]
 """A human-written comment or reason."""
 
 
+def _empty(value: Any) -> bool:
+    return not value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -123,6 +127,11 @@ class ApprovalRequest(TradeProposal):
     decision_channel: DecisionChannel | None = None
     decision_reason: DecisionReason | None = None
     comment: FreeText | None = None
+    approvers: Annotated[tuple[PrincipalId, ...], Field(exclude_if=_empty)] = ()
+    """The operators who approved, in order, when the approval needed two (four eyes above
+    ``HITL_FOUR_EYES_RISK_PCT``): one while it still awaits the second, both once ACCEPTED.
+    Empty otherwise (``decided_by`` names the one decider); an empty tuple is left out of every
+    dump, so records and payloads from before four eyes read, hash and MAC exactly as before."""
     row_hash: str | None = None
 
     @classmethod

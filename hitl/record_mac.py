@@ -8,7 +8,9 @@ The content MAC'd is the canonical JSON of :class:`hitl.hashing.RowHasher` (sort
 with 8 places, UTC datetimes with microseconds), prefixed with a version tag, the record kind (an
 approval's MAC can never pass for an audit entry's) and the key id (stored beside the MAC, so a
 rotated key keeps verifying what it signed). Fields that hold the integrity data itself
-(``row_hash``, ``mac``, ``mac_key_id``) and the database's surrogate ``id`` are left out.
+(``row_hash``, ``mac``, ``mac_key_id``) and the database's surrogate ``id`` are left out, and so
+are fields added later while they are empty (``hitl.hashing.ELIDED_WHEN_EMPTY``: an approval's
+``approvers``), so rows sealed before them still verify and a non-empty value is covered.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from hitl.hashing import RowHasher
+from hitl.hashing import RowHasher, elided
 
 MAC_VERSION = b"hitl-record-mac-v1"
 """Bumped if the canonical form ever changes; old MACs are then verified with the old form."""
@@ -114,7 +116,7 @@ def canonical_content(fields: Mapping[str, Any] | BaseModel) -> str:
     plain: dict[str, Any] = {}
     spliced: dict[str, str] = {}
     for name, value in values.items():
-        if name in EXCLUDED_FIELDS:
+        if name in EXCLUDED_FIELDS or elided(name, value):
             continue
         kind = type(value)
         if kind in _JSON_NATIVE:

@@ -45,6 +45,10 @@ class HITLSettings(BaseSettings):
     escalate_at: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(80)
     """When an undecided approval is escalated, in percent of its window (``HITL_ESCALATE_AT``;
     0 for never)."""
+    four_eyes_risk_pct: Annotated[Decimal | None, Field(ge=0, lt=100)] = None
+    """Above this risk (``HITL_FOUR_EYES_RISK_PCT``, e.g. ``2.0`` or ``2%``: strictly above) an
+    approval needs two different operators; unset or empty: one operator always suffices. The
+    worker's setting decides, never the caller's (it travels in the worker's policy)."""
     temporal_ui_url: str = ""
     """The Temporal Web UI the page, Discord and the workflow's details link to
     (``HITL_TEMPORAL_UI_URL``; ``make run`` sets its dev server's); empty for no links."""
@@ -65,6 +69,14 @@ class HITLSettings(BaseSettings):
     @classmethod
     def _percent(cls, value: Any) -> Any:
         return value.strip().removesuffix("%").strip() if isinstance(value, str) else value
+
+    @field_validator("four_eyes_risk_pct", mode="before")
+    @classmethod
+    def _optional_percent(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().removesuffix("%").strip()
+            return value or None  # compose passes an unset variable as ""
+        return value
 
 
 class DatabaseSettings(BaseSettings):
@@ -211,6 +223,7 @@ class Settings(BaseModel):
             allowed_operators=self.hitl.allowed_operators,
             remind_at_percent=self.hitl.remind_at,
             escalate_at_percent=self.hitl.escalate_at,
+            four_eyes_risk_pct=self.hitl.four_eyes_risk_pct,
         )
 
     hitl: HITLSettings

@@ -87,6 +87,7 @@ _DECISION_FIELDS = (
     "decision_channel",
     "decision_reason",
     "comment",
+    "approvers",
 )
 
 
@@ -221,6 +222,8 @@ async def record_decision(
     what was found kept in the audit entry. An acceptance that meets a locked Guardian ends
     rejected instead (``guardian_blocked``).
     """
+    if not data.decided.is_decided:
+        return await record_approval(sessions, data)
     trade_id = data.expected.trade_id
     async with sessions.begin() as session:
         row = await _load(session, trade_id)
@@ -309,6 +312,117 @@ async def record_decision(
         event_type = data.event_type if intact else "hitl.decided"
         await add_event(session, event_type=event_type, approval=decided, key=f"{trade_id}:decided")
     return Recorded(DecisionRecorded(approval=decided, integrity_failure=not intact), written=True)
+
+
+async def record_approval(
+    sessions: Sessions, data: RecordDecisionInput
+) -> Recorded[DecisionRecorded]:
+    """Record one approval of the two an approval needs (four eyes): ``data.decided`` is
+    ``data.expected`` with one more approver and still AWAITING_APPROVAL. The row (its approvers
+    MAC'd with the rest), an ``approval.approved_once`` audit entry and a ``hitl.approved_once``
+    event are written together.
+
+    As for a decision: a row that is not the workflow's copy is rejected with SEC-080, a Guardian
+    lock that committed first rejects it (``guardian_blocked``), and a retry finds its own work.
+    """
+    trade_id = data.expected.trade_id
+    approved = sealed(data.decided)
+    approver = approved.approvers[-1] if approved.approvers else "system"
+    async with sessions.begin() as session:
+        row = await _load(session, trade_id)
+        if row is None:
+            raise _not_found(trade_id)
+        found = _read_row(row)
+        intact = found is not None and await approval_intact(session, row, found)
+        if found is not None and intact:
+            if _same_content(found, approved):
+                # A retry of a run that committed.
+                return Recorded(DecisionRecorded(approval=found), written=False)
+            if found.decision_reason is DecisionReason.GUARDIAN_LOCK and _same_request(
+                found, data.expected
+            ):
+                return Recorded(
+                    DecisionRecorded(approval=found, guardian_blocked=True), written=False
+                )
+            if found.is_decided and _same_request(found, data.expected):
+                # Decided since (a retry of a rejection written for an altered row).
+                failed = found.decision_reason is DecisionReason.INTEGRITY_FAILURE
+                return Recorded(
+                    DecisionRecorded(approval=found, integrity_failure=failed), written=False
+                )
+        if not (intact and found is not None and _same_content(found, data.expected)):
+            # Altered behind the gateway's back: rejected, as a decision would be.
+            now = datetime.now(UTC)
+            rejection = data.model_copy(
+                update={"decided": data.decided.model_copy(update={"decided_at": now})}
+            )
+            return await _reject_altered(session, row, found, rejection)
+        guardian = await guardian_state(session)
+        if guardian.locked:
+            rejected = await write_guardian_rejection(
+                session, row, data.expected, guardian=guardian, at=datetime.now(UTC)
+            )
+            blocked = DecisionRecorded(approval=rejected, guardian_blocked=True)
+            return Recorded(blocked, written=True)
+        mac = seal_approval(row, approved)
+        await write_audit(
+            session,
+            AuditEntry(
+                actor_id=approver,
+                action="approval.approved_once",
+                target_id=trade_id,
+                correlation_id=approved.correlation_id,
+                previous_state=TradeStatus.AWAITING_APPROVAL.value,
+                new_state=TradeStatus.AWAITING_APPROVAL.value,
+                payload={
+                    **data.audit_payload,
+                    "approvers": list(approved.approvers),
+                    "approval": approved.to_dict(),
+                },
+                idempotency_key=f"{trade_id}:approved:{len(approved.approvers)}",
+                record_mac=mac,
+            ),
+        )
+        await add_event(
+            session,
+            event_type=data.event_type,
+            approval=approved,
+            key=f"{trade_id}:approved:{len(approved.approvers)}",
+        )
+    return Recorded(DecisionRecorded(approval=approved), written=True)
+
+
+async def _reject_altered(
+    session: AsyncSession,
+    row: ApprovalRow,
+    found: ApprovalRequest | None,
+    data: RecordDecisionInput,
+) -> Recorded[DecisionRecorded]:
+    """Reject an approval whose stored row is not the workflow's copy (SEC-080): the row is
+    restored from that copy as REJECTED with INTEGRITY_FAILURE, what was found kept in the
+    audit entry."""
+    trade_id = data.expected.trade_id
+    decided = sealed(_integrity_rejection(data))
+    payload = {**data.audit_payload, "approval": decided.to_dict()}
+    payload["found_row"] = _row_dump(found, row)
+    mac = seal_approval(row, decided)
+    await write_audit(
+        session,
+        AuditEntry(
+            actor_id=SYSTEM_ACTOR,
+            action="approval.integrity_failure",
+            target_id=trade_id,
+            correlation_id=decided.correlation_id,
+            previous_state=TradeStatus.AWAITING_APPROVAL.value,
+            new_state=decided.status.value,
+            payload=payload,
+            error_code=ErrorCode.INTEGRITY_FAILURE.code,
+            idempotency_key=f"{trade_id}:decided",
+            record_mac=mac,
+        ),
+    )
+    await add_event(session, event_type="hitl.decided", approval=decided, key=f"{trade_id}:decided")
+    return Recorded(DecisionRecorded(approval=decided, integrity_failure=True), written=True)
 
 
 async def record_transition(

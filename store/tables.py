@@ -93,6 +93,9 @@ class ApprovalRow(Base):
     decision_channel: Mapped[str | None] = mapped_column(String(16))
     decision_reason: Mapped[str | None] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
+    approvers: Mapped[list[str] | None] = mapped_column(JSON)
+    """The operators who approved, in order, when the approval needed two (four eyes,
+    migration 0006); NULL otherwise. Covered by the row's MAC like every other field."""
     row_hash: Mapped[str] = mapped_column(String(64))
     mac: Mapped[str | None] = mapped_column(String(64))
     """HMAC-SHA256 of the record under the RECORD key (``hitl.record_mac``); NULL only on rows
@@ -270,9 +273,9 @@ class AuditVerificationRow(Base):
 def approval_from_row(row: ApprovalRow) -> ApprovalRequest:
     """The domain record a stored row holds (raises ``pydantic.ValidationError`` if the row
     holds values no record could have, which callers treat as an integrity failure)."""
-    return ApprovalRequest.model_validate(
-        {name: getattr(row, name) for name in ApprovalRequest.model_fields}
-    )
+    values = {name: getattr(row, name) for name in ApprovalRequest.model_fields}
+    values["approvers"] = tuple(values["approvers"] or ())
+    return ApprovalRequest.model_validate(values)
 
 
 def sealed(approval: ApprovalRequest) -> ApprovalRequest:
@@ -286,6 +289,7 @@ def approval_to_row_values(approval: ApprovalRequest) -> dict[str, Any]:
     for name in ApprovalRequest.model_fields:
         value = getattr(approval, name)
         values[name] = value.value if isinstance(value, Enum) else value
+    values["approvers"] = list(approval.approvers) or None
     return values
 
 

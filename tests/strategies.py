@@ -165,6 +165,7 @@ def approval_field_strategies() -> Mapping[str, st.SearchStrategy[Any]]:
         "decision_channel": st.none() | st.sampled_from(DecisionChannel),
         "decision_reason": st.none() | st.sampled_from(DecisionReason),
         "comment": st.none() | texts(),
+        "approvers": st.lists(principal_ids(), max_size=2, unique=True).map(tuple),
     }
 
 

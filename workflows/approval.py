@@ -22,7 +22,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import NotificationActivities
     from activities.persistence import PersistenceActivities
     from activities.policy import PolicyActivities, WorkerTrust, trust_for
-    from hitl.decisions import Refusal, refusal_of_decision, refusal_of_standing
+    from hitl.decisions import (
+        Refusal,
+        approval_step,
+        approvals_required,
+        refusal_of_decision,
+        refusal_of_standing,
+    )
     from hitl.errors import ErrorCode
     from hitl.lifecycle import TERMINAL_STATES, validate_transition
     from hitl.market import MarketQuote
@@ -86,6 +92,12 @@ OPERATOR_VIEW = "operator-view"
 details at every change, summarise their timers and activities, and remind (then escalate to)
 the operators on durable timers (issue 18); older histories replay without those commands."""
 
+FOUR_EYES = "four-eyes"
+"""Patch id: approvals started from this version on apply the worker's four-eyes rule (two
+different operators above ``HITL_FOUR_EYES_RISK_PCT``): a first approval is recorded while the
+approval keeps waiting, the second accepts. Older histories replay with one approval (their
+policies had no threshold anyway)."""
+
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
 
@@ -119,12 +131,16 @@ class ApprovalWorkflow:
         self._notices: list[asyncio.Task[None]] = []
         self._recorded_by: str | None = None
         """The id of the update whose decision was recorded, if an update's was."""
+        self._first_approval_by: str | None = None
+        """The id of the update that recorded a first of two approvals (four eyes)."""
         self._visible = False
         """Whether this run shows itself to operators (``OPERATOR_VIEW``)."""
         self._published: tuple[Any, ...] | None = None
         """What the search attributes last upserted said, so an unchanged state adds nothing."""
         self._reminded: list[ReminderKind] = []
         """The reminder and escalation sent so far, in order."""
+        self._four_eyes = False
+        """Whether this run applies the four-eyes rule (``FOUR_EYES``)."""
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -182,6 +198,8 @@ class ApprovalWorkflow:
         # same workflow task is not seen in time (a nondeterminism error with no workflow cache).
         workflow.patched(LOCAL_ACTIVITIES)
         self._visible = workflow.patched(OPERATOR_VIEW)
+        # Asked here for the same reason: before any local activity of this run.
+        self._four_eyes = workflow.patched(FOUR_EYES)
         if signed:
             admission = await workflow.execute_local_activity_method(
                 PolicyActivities.admit_approval,
@@ -445,6 +463,7 @@ class ApprovalWorkflow:
             guardian=self._guardian,
             approval=self._approval,
             now=workflow.now(),
+            requested_by=self._input.requested_by,
         )
         if refusal is not None:
             _refuse(refusal)
@@ -459,6 +478,18 @@ class ApprovalWorkflow:
         finally:
             approval = self._approval
             update = workflow.current_update_info()
+            if (
+                update is not None
+                and self._first_approval_by == update.id
+                and approval is not None
+                and approval.decision_channel is None
+                and command.channel is not DecisionChannel.DISCORD
+            ):
+                # A first of two approvals (four eyes) made elsewhere: the Discord message shows
+                # it (a click's own message is edited by the bot).
+                self._notices.append(
+                    asyncio.create_task(self._notify("notify_approval_decided", approval))
+                )
             # Only the update that recorded the decision sends the notice; histories recorded
             # before this notice existed replay without it.
             if (
@@ -499,6 +530,11 @@ class ApprovalWorkflow:
                     at=received_at,
                     audit_payload=request,
                 )
+            step = approval_step(
+                approval, command.operator_id, required=self._approvals_required(approval)
+            )
+            if not step.accepts:
+                return await self._record_first_approval(command, step.approvers, received_at)
             quote = await self._quote(approval.instrument, command.correlation_id)
             current_price = quote.execution_price(approval.side)
             within, deviation = SlippageGuard(self._policy_now.slippage_max_percent).validate(
@@ -521,6 +557,7 @@ class ApprovalWorkflow:
                     at=received_at,
                     error_code=ErrorCode.SLIPPAGE_EXCEEDED.code,
                     audit_payload={"market": market, **request},
+                    approvers=step.approvers,
                 )
                 _fail(
                     ErrorCode.SLIPPAGE_EXCEEDED,
@@ -535,7 +572,67 @@ class ApprovalWorkflow:
                 comment=command.comment,
                 at=received_at,
                 audit_payload={"market": market, **request},
+                approvers=step.approvers,
             )
+
+    def _approvals_required(self, approval: ApprovalRequest) -> int:
+        """How many operators must approve: the worker's four-eyes threshold, in runs that
+        apply it (``FOUR_EYES``)."""
+        if not self._four_eyes:
+            return 1
+        return approvals_required(approval.risk_pct, self._policy_now.four_eyes_risk_pct)
+
+    async def _record_first_approval(
+        self, command: DecisionCommand, approvers: tuple[str, ...], at: datetime
+    ) -> ApprovalRequest:
+        """Record one approval of the two the approval needs (callers hold the lock): the
+        approvers so far, in the row (MAC'd), its audit entry and an event; the approval keeps
+        waiting for a second, different operator, and its deadline keeps running."""
+        expected = self._current
+        approved = expected.model_copy(update={"approvers": approvers})
+        result = await self._short(
+            PersistenceActivities.record_decision,
+            RecordDecisionInput(
+                expected=expected,
+                decided=approved,
+                event_type="hitl.approved_once",
+                audit_payload={
+                    "request_correlation_id": command.correlation_id,
+                    "approved_by": command.operator_id,
+                    "channel": command.channel.value,
+                    "comment": command.comment,
+                    "approved_at": at.isoformat(),
+                },
+            ),
+            summary=f"record approval 1 of 2 ({command.operator_id})",
+        )
+        self._approval = result.approval
+        self._publish()
+        update = workflow.current_update_info()
+        if result.approval.is_decided:
+            # Decided in the meantime (a Guardian lock reached the row first, or the row
+            # failed its check): the same outcomes a decision would have met.
+            if update is not None:
+                self._recorded_by = update.id
+            if result.guardian_blocked:
+                _fail(
+                    ErrorCode.GUARDIAN_LOCKED,
+                    "the Guardian is locked; the approval was rejected",
+                    result.approval.to_dict(),
+                )
+            if result.integrity_failure:
+                await self._integrity_alert(
+                    expected, "stored approval failed its integrity check; rejected"
+                )
+                _fail(
+                    ErrorCode.INTEGRITY_FAILURE,
+                    f"stored approval of {expected.trade_id} was altered; rejected",
+                    result.approval.to_dict(),
+                )
+            return result.approval
+        if update is not None:
+            self._first_approval_by = update.id
+        return result.approval
 
     async def _quote(self, instrument: str, correlation_id: str) -> MarketQuote:
         try:
@@ -565,19 +662,23 @@ class ApprovalWorkflow:
         error_code: str | None = None,
         audit_payload: dict[str, Any] | None = None,
         local: bool = True,
+        approvers: tuple[str, ...] | None = None,
     ) -> ApprovalRequest:
-        """Write the end of the approval phase; callers hold the lock."""
+        """Write the end of the approval phase; callers hold the lock. The approvers recorded
+        so far (four eyes) stay on the record, with the deciding one added when ``approvers``
+        says so."""
         expected = self._current
-        decided = expected.model_copy(
-            update={
-                "status": status,
-                "decided_at": at,
-                "decided_by": by,
-                "decision_channel": channel,
-                "decision_reason": reason,
-                "comment": comment,
-            }
-        )
+        changes: dict[str, Any] = {
+            "status": status,
+            "decided_at": at,
+            "decided_by": by,
+            "decision_channel": channel,
+            "decision_reason": reason,
+            "comment": comment,
+        }
+        if approvers is not None:
+            changes["approvers"] = approvers
+        decided = expected.model_copy(update=changes)
         result = await self._short(
             PersistenceActivities.record_decision,
             RecordDecisionInput(

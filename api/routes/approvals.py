@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import (
     BotDep,
@@ -68,6 +68,7 @@ _AUDITED_REFUSALS = (
     ErrorCode.UNAUTHORISED_OPERATOR,
     ErrorCode.INVALID_INPUT,
     ErrorCode.ALREADY_DECIDED,
+    ErrorCode.SAME_APPROVER,
     ErrorCode.EXPIRED,
     ErrorCode.GUARDIAN_LOCKED,
 )
@@ -78,6 +79,7 @@ _DECISION_ERRORS = (
     ErrorCode.UNAUTHORISED_OPERATOR,
     ErrorCode.NOT_FOUND,
     ErrorCode.ALREADY_DECIDED,
+    ErrorCode.SAME_APPROVER,
     ErrorCode.EXPIRED,
     ErrorCode.SLIPPAGE_EXCEEDED,
     ErrorCode.GUARDIAN_LOCKED,
@@ -456,8 +458,14 @@ def _decision_routes(target: APIRouter, channel: DecisionChannel) -> None:
         operator: OperatorDep,
         services: ServicesDep,
         correlation_id: CorrelationIdDep,
+        response: Response,
     ) -> DecisionResult:
-        """Approve: the price is checked against the market, then the trade is ACCEPTED."""
+        """Approve: the price is checked against the market, then the trade is ACCEPTED.
+
+        Above the worker's four-eyes risk level (``HITL_FOUR_EYES_RISK_PCT``) an approval needs
+        two different operators: the first approval answers **202** with the approval still
+        ``AWAITING_APPROVAL`` and its ``approvers`` so far; the same operator again gets 409
+        SEC-014; a second operator's approval checks the price and accepts (200)."""
         approval = await _decide(
             services,
             trade_id=trade_id,
@@ -469,6 +477,8 @@ def _decision_routes(target: APIRouter, channel: DecisionChannel) -> None:
             correlation_id=correlation_id,
             decision=Decision.APPROVE,
         )
+        if not approval.is_decided:
+            response.status_code = 202  # one of two approvals; the approval still waits
         return DecisionResult.of(approval)
 
     async def reject(
@@ -494,7 +504,16 @@ def _decision_routes(target: APIRouter, channel: DecisionChannel) -> None:
 
     suffix = "" if channel is DecisionChannel.API else f"_{channel.value.lower()}"
     errors = responses(*_DECISION_ERRORS)
-    target.post("/{trade_id}/approve", responses=errors, name=f"approve{suffix}")(approve)
+    first_of_two: dict[int | str, dict[str, Any]] = {
+        202: {
+            "model": DecisionResult,
+            "description": "A first approval of an approval that needs two different operators"
+            " (four eyes): recorded; still AWAITING_APPROVAL, with its approvers so far.",
+        }
+    }
+    target.post(
+        "/{trade_id}/approve", responses={**first_of_two, **errors}, name=f"approve{suffix}"
+    )(approve)
     target.post("/{trade_id}/reject", responses=errors, name=f"reject{suffix}")(reject)
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hitl.decimals import QUANTUM
-from hitl.hashing import RowHasher
+from hitl.hashing import ELIDED_WHEN_EMPTY, RowHasher
 from hitl.models import (
     ApprovalRequest,
     DecisionChannel,
@@ -91,7 +91,8 @@ def test_canonical_json_excludes_row_hash_and_sorts_keys() -> None:
     payload = json.loads(text)
     assert "row_hash" not in payload
     assert list(payload) == sorted(payload)
-    assert set(payload) == set(ApprovalRequest.model_fields) - {"row_hash"}
+    # An empty field added later (four eyes' approvers) is left out: old rows hash as before.
+    assert set(payload) == set(ApprovalRequest.model_fields) - {"row_hash", "approvers"}
     assert text == json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert text.isascii()
 
@@ -100,7 +101,8 @@ def test_canonical_json_excludes_row_hash_and_sorts_keys() -> None:
 def test_canonical_json_is_sorted_ascii_without_row_hash(record: ApprovalRequest) -> None:
     text = RowHasher.canonical_json(record)
     payload = json.loads(text)
-    assert list(payload) == sorted(set(ApprovalRequest.model_fields) - {"row_hash"})
+    empty = {name for name in ELIDED_WHEN_EMPTY if not getattr(record, name)}
+    assert list(payload) == sorted(set(ApprovalRequest.model_fields) - {"row_hash"} - empty)
     assert text.isascii()
     assert text == json.dumps(payload, sort_keys=True, separators=(",", ":"))
     digest = RowHasher.compute(record)
@@ -238,3 +240,13 @@ def test_verify_refuses_a_non_ascii_stored_hash_without_raising(forged: str) -> 
     # (hmac.compare_digest raises TypeError on non-ASCII str).
     assert RowHasher.verify(FIXED_RECORD, forged) is False
     assert RowHasher.verify(FIXED_RECORD.model_copy(update={"row_hash": forged})) is False
+
+
+def test_approvers_are_hashed_once_there_are_any() -> None:
+    # Four eyes: a record with approvers hashes them; an empty tuple hashes as before it existed.
+    approved = FIXED_RECORD.model_copy(update={"approvers": ("alice",)})
+    assert '"approvers":["alice"]' in RowHasher.canonical_json(approved)
+    assert RowHasher.compute(approved) != RowHasher.compute(FIXED_RECORD)
+    assert RowHasher.compute(FIXED_RECORD) == FIXED_ROW_HASH
+    as_row = {**FIXED_RECORD.model_dump(), "approvers": None}
+    assert RowHasher.compute(as_row) == FIXED_ROW_HASH
