@@ -3,6 +3,11 @@
 Internal to the gateway's own processes (the API, the worker, the Discord bot): every command it
 sends carries the gateway's proof (``hitl.signing``), signed with the commands keyring. Bots use
 the HTTP client in ``hitl_client`` instead, with their token; they never reach Temporal.
+
+Every call an approval makes on Temporal (start, Updates, query, describe) answers SEC-070 within
+about 1.5 s when the server cannot be reached, and otherwise waits as long as the call takes
+(``workflows.connection.unless_unreachable``): a decision's Update still waits for its workflow
+up to the caller's own limit.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from hitl.settings import get_settings
 from hitl.signing import CommandAction, CommandSigner
 from workflows import search_attributes
 from workflows.approval import ApprovalWorkflow
+from workflows.connection import unless_unreachable
 from workflows.guardian import GuardianWorkflow
 
 CommandT = TypeVar("CommandT", DecisionCommand, LifecycleCommand)
@@ -86,10 +92,14 @@ class ApprovalHandle:
     """One trade's approval."""
 
     def __init__(
-        self, handle: WorkflowHandle[ApprovalWorkflow, ApprovalRequest], signer: CommandSigner
+        self,
+        handle: WorkflowHandle[ApprovalWorkflow, ApprovalRequest],
+        signer: CommandSigner,
+        client: Client,
     ) -> None:
         self._handle = handle
         self._signer = signer
+        self._client = client
 
     @property
     def workflow_id(self) -> str:
@@ -99,7 +109,9 @@ class ApprovalHandle:
     async def current(self) -> ApprovalRequest | None:
         """The approval as it stands now (None in the instant before it is recorded)."""
         try:
-            return await self._handle.query(ApprovalWorkflow.current)
+            return await unless_unreachable(
+                self._client, self._handle.query(ApprovalWorkflow.current)
+            )
         except RPCError as exc:
             raise self._rpc_error(exc) from exc
 
@@ -157,8 +169,19 @@ class ApprovalHandle:
         argument: object,
         when_completed: Callable[[ApprovalRequest], ApprovalRequest],
     ) -> ApprovalRequest:
-        """Run an Update; failures become HITLErrors. An Update sent to a workflow that has
-        completed comes back NOT_FOUND: ``when_completed`` answers from its final record."""
+        """Run an Update; failures become HITLErrors (SEC-070 at once when Temporal cannot be
+        reached). An Update sent to a workflow that has completed comes back NOT_FOUND:
+        ``when_completed`` answers from its final record."""
+        return await unless_unreachable(
+            self._client, self._update_reachable(update, argument, when_completed)
+        )
+
+    async def _update_reachable(
+        self,
+        update: Any,
+        argument: object,
+        when_completed: Callable[[ApprovalRequest], ApprovalRequest],
+    ) -> ApprovalRequest:
         args = [] if argument is None else [argument]
         try:
             result: ApprovalRequest = await self._execute_update(update, args)
@@ -245,7 +268,15 @@ class ApprovalClient:
         self, proposal: TradeProposal, *, requested_by: str
     ) -> ApprovalHandle:
         """Start the approval of ``proposal`` (under the worker's policy, which the start does
-        not carry); HITLError SEC-011 if the trade already has one."""
+        not carry); HITLError SEC-011 if the trade already has one, SEC-070 at once when
+        Temporal cannot be reached."""
+        return await unless_unreachable(
+            self._client, self._request_approval(proposal, requested_by=requested_by)
+        )
+
+    async def _request_approval(
+        self, proposal: TradeProposal, *, requested_by: str
+    ) -> ApprovalHandle:
         workflow_id = workflow_id_for(proposal.trade_id)
         start = self._signer.sign(
             ApprovalWorkflowInput(proposal=proposal, requested_by=requested_by),
@@ -284,7 +315,7 @@ class ApprovalClient:
             ) from exc
         except RPCError as exc:
             raise ApprovalHandle._rpc_error(exc) from exc
-        return ApprovalHandle(handle, self._signer)
+        return ApprovalHandle(handle, self._signer, self._client)
 
     async def _register_search_attributes(self) -> None:
         """Once per client: register the approvals' search attributes the server lacks.
@@ -326,6 +357,7 @@ class ApprovalClient:
         return ApprovalHandle(
             self._client.get_workflow_handle_for(ApprovalWorkflow.run, workflow_id_for(trade_id)),
             self._signer,
+            self._client,
         )
 
 

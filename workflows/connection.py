@@ -7,22 +7,32 @@ AES-GCM payload codec) and the same transport security: TLS or mTLS from PEM fil
 or an API key (``TEMPORAL_API_KEY``, which implies TLS). A file that is missing, unreadable or not
 what its variable says refuses to start with SEC-040 naming the variable, before any connection
 is attempted.
+
+It also says quickly when Temporal cannot be reached (:func:`unless_unreachable`, issue #16
+item 7): the SDK retries a call that finds no server for about ten seconds, and its
+``rpc_timeout`` bounds each attempt, not the retries.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from hitl.errors import ConfigurationError
+from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.keys import KeyPurpose, KeyringFile
 from hitl.settings import Settings, TemporalSettings
 from workflows.codec import encrypted_data_converter
@@ -30,6 +40,17 @@ from workflows.codec import encrypted_data_converter
 CA_VARIABLE = "TEMPORAL_TLS_CA"
 CERT_VARIABLE = "TEMPORAL_TLS_CERT"
 KEY_VARIABLE = "TEMPORAL_TLS_KEY"
+
+T = TypeVar("T")
+
+PROBE_AFTER = 0.5
+"""Seconds a call may run before anyone asks whether the server is there at all."""
+PROBE_EVERY = 1.0
+"""Seconds between such questions while the call goes on; a live answer serves every call of
+the same client for that long."""
+PROBE_TIMEOUT = 1.0
+"""Seconds the question may take: past it the server counts as unreachable (an address that
+drops packets rather than refusing the connection)."""
 
 
 def gateway_data_converter(settings: Settings) -> DataConverter:
@@ -154,3 +175,110 @@ def _check_pair(cert: bytes, key: bytes) -> None:
         raise ConfigurationError(
             KEY_VARIABLE, f"is not the key of the certificate in {CERT_VARIABLE}"
         )
+
+
+# --- reachability -------------------------------------------------------------------------------
+
+
+class _Reachability:
+    """Whether one client's server answers, asked with one cheap call that is never retried.
+
+    Holds no reference to its client (it is the value of a weak map keyed by the client)."""
+
+    def __init__(self) -> None:
+        self._answered_at = float("-inf")
+        self._asking: asyncio.Task[str | None] | None = None
+
+    async def problem(self, client: Client) -> str | None:
+        """None when the server answered within the last ``PROBE_EVERY`` seconds or answers
+        now; else why it cannot be reached. Concurrent callers share one question."""
+        if time.monotonic() - self._answered_at < PROBE_EVERY:
+            return None
+        asking = self._asking
+        if asking is None or asking.done() or asking.get_loop() is not asyncio.get_running_loop():
+            asking = self._asking = asyncio.create_task(self._ask(client))
+        return await asyncio.shield(asking)
+
+    async def _ask(self, client: Client) -> str | None:
+        try:
+            # GetSystemInfo: served by the frontend from memory, allowed to every client (the
+            # SDK's own connect calls it). retry=False: one attempt, whatever it finds.
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await client.workflow_service.get_system_info(
+                    GetSystemInfoRequest(),
+                    retry=False,
+                    timeout=timedelta(seconds=PROBE_TIMEOUT),
+                )
+        except TimeoutError:
+            return f"no answer within {PROBE_TIMEOUT:g} s"
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                return f"{exc.status.name}: {exc.message}"
+            # Any other status is an answer: the server is there.
+        except RuntimeError as exc:
+            # A lazy client's first connection failed (the SDK raises no RPCError for it).
+            return str(exc)
+        self._answered_at = time.monotonic()
+        return None
+
+
+_reachability: weakref.WeakKeyDictionary[Client, _Reachability] = weakref.WeakKeyDictionary()
+
+
+def _failed_connect(exc: BaseException) -> bool:
+    """The SDK's error for a lazy client whose first connection failed."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("Failed client connect")
+
+
+async def unless_unreachable(client: Client, call: Awaitable[T]) -> T:
+    """Await ``call`` (a call on ``client``) for as long as it takes, unless the server turns
+    out to be unreachable: then cancel it and raise SEC-070 at once.
+
+    The SDK retries a call that finds no server (connection refused, reset) for about ten
+    seconds inside the call (its retry policy, by default up to 10 s or 10 attempts), and the
+    call's ``rpc_timeout`` bounds each attempt only: a refused connection fails each attempt
+    at once, so nothing bounds the whole. A plain time limit on the call cannot tell that apart
+    from a server that is there but slow, or from an Update legitimately waiting for its
+    workflow. So a call still running after ``PROBE_AFTER`` seconds, and every ``PROBE_EVERY``
+    seconds after, asks the server one question that is never retried (``GetSystemInfo``,
+    at most ``PROBE_TIMEOUT`` seconds): answered, the call goes on; unanswered, it is cancelled
+    (the SDK drops its retries with it) and the caller gets SEC-070 within about
+    ``PROBE_AFTER + PROBE_TIMEOUT`` seconds.
+
+    Raises:
+        HITLError: SEC-070 when the server cannot be reached; whatever ``call`` raises otherwise.
+    """
+    reachability = _reachability.get(client)
+    if reachability is None:
+        reachability = _reachability[client] = _Reachability()
+    task = asyncio.ensure_future(call)
+    try:
+        pause = PROBE_AFTER
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=pause)
+            if done:
+                break
+            problem = await reachability.problem(client)
+            if problem is not None:
+                raise HITLError(
+                    ErrorCode.SERVICE_UNAVAILABLE, f"Temporal cannot be reached ({problem})"
+                )
+            pause = PROBE_EVERY
+        try:
+            return task.result()
+        except RuntimeError as exc:
+            if _failed_connect(exc):
+                raise HITLError(
+                    ErrorCode.SERVICE_UNAVAILABLE, f"Temporal cannot be reached ({exc})"
+                ) from exc
+            raise
+    finally:
+        if not task.done():
+            task.cancel()
+            # Nobody awaits it any more: collect its end so it is not reported as lost.
+            task.add_done_callback(_collect)
+
+
+def _collect(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
