@@ -35,6 +35,7 @@ from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
     NO_MENTIONS,
     apology_text,
+    approval_text,
     decided_text,
     decision_custom_id,
     no_answer_text,
@@ -164,6 +165,27 @@ class DecisionDesk:
         await interaction.edit_original_response(content=answer)
         if standing is not None and standing.is_decided:
             await self._show(interaction, standing)
+        elif standing is not None and standing.approvers:
+            await self._show_progress(interaction, standing)
+
+    async def _show_progress(
+        self, interaction: discord.Interaction[Any], approval: ApprovalRequest
+    ) -> None:
+        """A first of two approvals (four eyes): the message's text says ``1 of 2 approvals``
+        and who gave it; the embed (with its deep link) and the buttons stay for the second."""
+        if interaction.message is None:
+            return
+        try:
+            await interaction.message.edit(content=approval_text(approval))
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not update the approval message",
+                correlation_id=f"discord-{interaction.id}",
+                actor="discord_bot",
+                action="discord.message_edit",
+                result=str(exc.status),
+                trade_id=str(approval.trade_id),
+            )
 
     async def _show(self, interaction: discord.Interaction[Any], approval: ApprovalRequest) -> None:
         """Replace the approval message by its outcome, buttons removed."""

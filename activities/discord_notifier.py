@@ -187,11 +187,17 @@ class DiscordNotifier:
 
     async def approval_decided(self, approval: ApprovalRequest) -> None:
         """A decision made elsewhere (API, page): show it on the approval message and take the
-        buttons off. Editing twice shows the same thing, so retries need no record."""
+        buttons off; a first of two approvals (four eyes) only edits the message's text to
+        ``1 of 2 approvals``. Editing twice shows the same thing, so retries need no record."""
         async with self._channel.attempt("approval_decided", approval.correlation_id):
             original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
-            if original is not None:
-                await self._channel.replace(original, embed=outcome_embed(approval))
+            if original is None:
+                return
+            if not approval.is_decided:
+                # A first of two approvals (four eyes): the text says so, the buttons stay.
+                await self._channel.retext(original, content=approval_text(approval))
+                return
+            await self._channel.replace(original, embed=outcome_embed(approval))
 
     async def approval_reminder(self, approval: ApprovalRequest, kind: ReminderKind) -> None:
         """Post the reminder or escalation as a reply to the approval message (so it links to

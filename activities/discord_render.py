@@ -14,6 +14,7 @@ from uuid import UUID
 
 import discord
 
+from hitl.decisions import FOUR_EYES
 from hitl.errors import ErrorCode, HITLError
 from hitl.messages import GuardianCascadeSummary, ReminderKind, SecurityAlertInput
 from hitl.models import ApprovalRequest, Decision, DecisionReason, TradeStatus
@@ -90,8 +91,19 @@ def _why(approval: ApprovalRequest) -> str:
 
 
 def approval_text(approval: ApprovalRequest) -> str:
-    """The line of text above the request's embed: what Discord's push notification shows."""
-    return f"Approval needed: {_title(approval)}, expires {_stamp(approval.expires_at, 'R')}"
+    """The line of text above the request's embed: what Discord's push notification shows.
+    Once an approval that needs two operators (four eyes) has its first, the message is edited
+    to this line with ``1 of 2 approvals`` and who gave it; embed and buttons stay."""
+    text = f"Approval needed: {_title(approval)}, expires {_stamp(approval.expires_at, 'R')}"
+    if approval.approvers and not approval.is_decided:
+        text += f" · {approvals_progress(approval)}; a second, different operator must approve"
+    return text
+
+
+def approvals_progress(approval: ApprovalRequest) -> str:
+    """``1 of 2 approvals (alice)``: an approval that needs two operators, so far."""
+    names = ", ".join(as_text(name) for name in approval.approvers)
+    return f"{len(approval.approvers)} of {FOUR_EYES} approvals ({names})"
 
 
 def approval_embed(
@@ -151,6 +163,8 @@ def outcome_embed(approval: ApprovalRequest) -> discord.Embed:
     _add_trade_fields(embed, approval)
     channel = approval.decision_channel.value if approval.decision_channel else "-"
     embed.add_field(name="Decided by", value=f"{approval.decided_by or '-'} via {channel}")
+    if approval.approvers:
+        embed.add_field(name="Approvals", value=approvals_progress(approval))
     if approval.decided_at is not None:
         embed.add_field(name="Decided", value=_stamp(approval.decided_at, "f"))
     embed.add_field(name="Why", value=_why(approval), inline=False)
@@ -170,6 +184,8 @@ def expiry_notice_embed(approval: ApprovalRequest) -> discord.Embed:
     embed.add_field(name="Requested", value=_stamp(approval.requested_at, "f"))
     embed.add_field(name="Expired", value=_stamp(approval.expires_at, "f"))
     embed.add_field(name="Reason", value=_why(approval), inline=False)
+    if approval.approvers:
+        embed.add_field(name="Approvals", value=approvals_progress(approval))
     embed.set_footer(text=f"correlation {approval.correlation_id}")
     return embed
 
@@ -234,6 +250,11 @@ def decided_text(approval: ApprovalRequest) -> str:
     subject = _title(approval)
     if approval.status is TradeStatus.REJECTED:
         return f"Rejected: {subject} is REJECTED."
+    if not approval.is_decided:
+        return (
+            f"Approved ({approvals_progress(approval)}): {subject} still awaits a second "
+            "approval from a different operator."
+        )
     return f"Approved: {subject} is {approval.status.value}."
 
 
@@ -249,6 +270,8 @@ def not_decided_text(exc: HITLError) -> str:
             f"Already decided by {approval.decided_by}: {approval.status.value} "
             f"({reason}) ({code})."
         )
+    if exc.error is ErrorCode.SAME_APPROVER:
+        return f"You already approved this; a second, different operator must approve ({code})."
     if exc.error is ErrorCode.EXPIRED:
         return f"This approval expired before a decision; the trade was rejected ({code})."
     if exc.error is ErrorCode.NOT_FOUND:

@@ -207,6 +207,15 @@ class DiscordChannel:
             return False  # Deleted by someone.
         return True
 
+    async def retext(self, original: PostedMessage, *, content: str) -> bool:
+        """Change only ``original``'s text (embed and buttons stay); False if it is gone."""
+        channel = await self._channel()
+        try:
+            await channel.get_partial_message(original.message_id).edit(content=content)
+        except discord.NotFound:
+            return False  # Deleted by someone.
+        return True
+
     async def posted(self, key: str) -> PostedMessage | None:
         """The message recorded under ``key``, if one was posted."""
         payload = await audit_payload(self._sessions, key)
