@@ -119,6 +119,9 @@ class PendingApproval(BaseModel):
     correlation_id: str
     integrity_ok: bool
     """False when the stored row fails its hash (SEC-080): never show such a row as sound."""
+    approvers: list[str] = []
+    """The operators who approved so far when it needs two (four eyes above the worker's
+    ``HITL_FOUR_EYES_RISK_PCT``): one while it waits for a second, different operator."""
 
 
 class ApprovalDetail(BaseModel):

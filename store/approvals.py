@@ -620,6 +620,8 @@ class PendingRecord:
     reasoning_summary: str
     correlation_id: str
     integrity_ok: bool
+    approvers: list[str]
+    """The operators who approved so far, when it needs two (four eyes)."""
 
 
 async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
@@ -646,6 +648,7 @@ async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
                 reasoning_summary=row.reasoning_summary,
                 correlation_id=row.correlation_id,
                 integrity_ok=sound,
+                approvers=list(row.approvers or ()),
             )
         )
     return pending

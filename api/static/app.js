@@ -116,11 +116,22 @@ function tradeName(approval) {
   return `${approval.instrument} ${approval.side}`;
 }
 
+function approversText(approval) {
+  // Four eyes: the operators who approved an approval that needs two, in order.
+  return (approval.approvers ?? []).join(" and ");
+}
+
+function approvalsProgress(approval) {
+  // "1 of 2 approvals (alice)": an approval above the four-eyes risk level, so far.
+  const approvers = approval.approvers ?? [];
+  return `${approvers.length} of 2 approvals (${approvers.join(", ")})`;
+}
+
 function describeOutcome(approval) {
   const who = approval.decided_by ?? "the system";
   switch (approval.decision_reason) {
     case "OPERATOR_APPROVED":
-      return `approved by ${who}`;
+      return `approved by ${approval.approvers?.length ? approversText(approval) : who}`;
     case "OPERATOR_REJECTED":
       return `rejected by ${who}${approval.comment ? ` (“${approval.comment}”)` : ""}`;
     case "HITL_TIMEOUT":
@@ -194,6 +205,9 @@ function errorText(err, approval) {
         `so the request is now rejected.${ref}`;
     case "SEC-013":
       return `Too late: ${name} expired before your decision; nothing was traded.${ref}`;
+    case "SEC-014":
+      return `Not recorded: you already approved ${name}; its risk needs a second approval from ` +
+        `a different operator.${ref}`;
     case "SEC-020":
       return `Refused: the Guardian is locked, so no decision can be taken.${ref}`;
     case "SEC-090":
@@ -255,6 +269,14 @@ function fillApproval(article, approval) {
   fillPreview(article, approval);
   const statusLine = article.querySelector(".status-line");
   const awaiting = approval.status === undefined || approval.status === AWAITING;
+  const approvalsLine = article.querySelector(".approvals-line");
+  const approvers = approval.approvers ?? [];
+  approvalsLine.hidden = approvers.length === 0;
+  approvalsLine.textContent = approvers.length === 0
+    ? ""
+    : awaiting
+      ? `${approvalsProgress(approval)}: a second, different operator must approve.`
+      : `Approvals: ${approvalsProgress(approval)}.`;
   statusLine.hidden = awaiting;
   statusLine.textContent = awaiting ? "" : `Decided: ${describeOutcome(approval)}.`;
   article.querySelector(".countdown").hidden = !awaiting;
@@ -582,6 +604,9 @@ function applyEvent(event) {
     if (isNew && event.type === "hitl.created") {
       announce(`New approval: ${tradeName(approval)}, expires in ${countdownText(secondsLeft(approval))}.`);
     }
+    if (event.type === "hitl.approved_once" && !state.inflight.has(approval.trade_id)) {
+      announce(`${tradeName(approval)}: ${approvalsProgress(approval)}; it needs a second operator.`);
+    }
     return;
   }
   if (event.type === "hitl.lifecycle") {
@@ -769,6 +794,23 @@ async function submitDecision(event) {
       body,
     });
     if (generation !== state.generation) return;
+    if (result.status === AWAITING) {
+      // 202, four eyes: the first of two approvals is recorded; the approval keeps waiting.
+      const waiting = { ...approval, approvers: result.approvers };
+      upsert(waiting);
+      if (state.focus?.approval?.trade_id === waiting.trade_id) {
+        state.focus.approval = { ...state.focus.approval, ...waiting };
+        renderFocus();
+      }
+      renderList();
+      closeDialog();
+      showOutcome(
+        `Your approval of ${tradeName(approval)} is recorded (${approvalsProgress(waiting)}); ` +
+          "a second, different operator must approve it before it is accepted.",
+        "ok",
+      );
+      return;
+    }
     const decided = { ...approval, ...result, comment: approve ? text || null : text };
     const done = result.status === "ACCEPTED"
       ? `Approved: ${tradeName(approval)} was accepted at ${clock(result.decided_at)}.`
