@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
 from hitl.hashing import RowHasher
@@ -32,6 +33,7 @@ from hitl.record_mac import (
     RecordKind,
     RecordSigner,
     compute_mac,
+    mac_message,
     same_digest,
 )
 
@@ -137,6 +139,75 @@ class ChainEntry(NamedTuple):
     chain: str | None
     content: Mapping[str, Any]
     """The values of :data:`AUDIT_CONTENT_FIELDS` (Python values: datetimes, dicts)."""
+    canonical: str | None = None
+    """The canonical text of ``content`` when the reader already made it
+    (:func:`audit_content_text`); the verifier then MACs it instead of rendering ``content``."""
+
+
+_CONTENT_TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in sorted(AUDIT_CONTENT_FIELDS)) + "}"
+"""The canonical content's frame: every field, keys sorted, as ``json.dumps`` writes them."""
+
+
+def _nullable(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def audit_content_text(values: Sequence[Any], created_at: str) -> str | None:
+    """An audit entry's canonical content (what its MAC covers), made in one pass.
+
+    ``values`` are the entry's columns in :data:`AUDIT_CONTENT_FIELDS` order as the driver
+    returns them (strings or None; the payload as its stored canonical JSON text, spliced in
+    as it is); ``created_at`` is the entry's time as canonical text (UTC ISO-8601 with
+    microseconds; the value at its place in ``values`` is not read). The text is exactly
+    :func:`hitl.record_mac.canonical_content` of that content. None when a value is of any
+    other type (a column an editor filled with a number, a NULL where the gateway never writes
+    one): the caller then renders the content the general way, so nothing is ever judged on a
+    different text.
+    """
+    (
+        actor_id,
+        action,
+        target_type,
+        target_id,
+        previous_state,
+        new_state,
+        payload,
+        correlation_id,
+        error_code,
+        _created_at,
+        idempotency_key,
+        record_mac,
+    ) = values
+    if type(payload) is not str:
+        return None
+    encode = encode_basestring_ascii
+    try:
+        # Keys in sorted order: action, actor_id, correlation_id, created_at, error_code,
+        # idempotency_key, new_state, payload, previous_state, record_mac, target_id,
+        # target_type. A value that is neither str nor None raises TypeError here.
+        return _CONTENT_TEMPLATE % (
+            encode(action),
+            encode(actor_id),
+            encode(correlation_id),
+            encode(created_at),
+            _nullable(error_code),
+            _nullable(idempotency_key),
+            _nullable(new_state),
+            payload,
+            _nullable(previous_state),
+            _nullable(record_mac),
+            encode(target_id),
+            encode(target_type),
+        )
+    except TypeError:
+        return None
+
+
+def _audit_mac_prefix(key_id: str) -> bytes:
+    """The bytes :func:`hitl.record_mac.mac_message` puts before an audit entry's content."""
+    empty = mac_message(RecordKind.AUDIT, key_id, {})
+    assert empty.endswith(b"{}")
+    return empty[:-2]
 
 
 class Link(NamedTuple):
@@ -183,10 +254,48 @@ class LegacyDigest:
         return ChainHead(0, genesis_chain(self.count, self.hexdigest()))
 
 
+def _link_message(previous: str, mac: str, seq: int) -> bytes:
+    return b"%s:%s:%d" % (previous.encode("utf-8"), mac.encode("utf-8"), seq)
+
+
 def link_value(secret: bytes, previous: str, mac: str, seq: int) -> str:
     """``chain_seq`` from ``chain_{seq-1}`` and the entry's MAC."""
-    message = b"%s:%s:%d" % (previous.encode("utf-8"), mac.encode("utf-8"), seq)
-    return hmac.digest(secret, message, "sha256").hex()
+    return hmac.digest(secret, _link_message(previous, mac, seq), "sha256").hex()
+
+
+class _VerifyKey(NamedTuple):
+    """One RECORD key as the verifier uses it for every entry it made: HMAC states keyed
+    once and copied per entry (the key's padding is not hashed again each time)."""
+
+    secret: bytes
+    link: Any
+    """``hmac.HMAC`` keyed with the secret."""
+    audit: Any
+    """The same, already fed the audit MAC message's prefix (version, kind, key id)."""
+
+    @classmethod
+    def of(cls, secret: bytes, key_id: str) -> _VerifyKey:
+        link = hmac.new(secret, digestmod=hashlib.sha256)
+        audit = link.copy()
+        audit.update(_audit_mac_prefix(key_id))
+        return cls(secret, link, audit)
+
+    def link_value(self, previous: str, mac: str, seq: int) -> str:
+        """:func:`link_value` with this key."""
+        state = self.link.copy()
+        state.update(_link_message(previous, mac, seq))
+        return str(state.hexdigest())
+
+    def audit_mac(self, canonical: str) -> str:
+        """The audit MAC of an entry whose canonical content is ``canonical``."""
+        try:
+            content = canonical.encode("ascii")
+        except UnicodeEncodeError:
+            # The gateway's canonical text is ASCII: this is not content it MAC'd.
+            return ""
+        state = self.audit.copy()
+        state.update(content)
+        return str(state.hexdigest())
 
 
 def audit_content(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,6 +324,8 @@ class ChainVerifier:
         self, keys: RecordKeys, *, start: ChainHead, checkpoints: Iterable[Checkpoint] = ()
     ) -> None:
         self._signer = RecordSigner(keys)
+        self._keys: dict[str, _VerifyKey] = {}
+        """Per key id, once looked up (RECORD keys verify forever)."""
         self._seq = start.seq
         self._chain = start.chain
         self._ahead = sorted(
@@ -238,9 +349,20 @@ class ChainVerifier:
         self.finding = self._check(entry)
         return self.finding
 
+    def _key(self, entry: ChainEntry) -> _VerifyKey | None:
+        key_id = entry.key_id
+        if not key_id:
+            return None
+        known = self._keys.get(key_id)
+        if known is None:
+            secret = self._signer.secret(key_id, entry.content["created_at"])
+            if secret is None:
+                return None
+            known = self._keys[key_id] = _VerifyKey.of(secret, key_id)
+        return known
+
     def _check(self, entry: ChainEntry) -> Finding | None:
         expected = self._seq + 1
-        target = _target(entry.content)
         if entry.seq > expected:
             gap = f"{expected}" if entry.seq == expected + 1 else f"{expected}..{entry.seq - 1}"
             return Finding(
@@ -254,11 +376,10 @@ class ChainVerifier:
                 detail=f"a second entry claims seq {entry.seq}",
                 seq=entry.seq,
                 entry_id=entry.entry_id,
-                target_id=target,
+                target_id=_target(entry.content),
             )
-        at = entry.content["created_at"]
-        secret = self._signer.secret(entry.key_id, at) if entry.key_id else None
-        if secret is None or not entry.mac or not entry.chain:
+        key = self._key(entry)
+        if key is None or not entry.mac or not entry.chain:
             kind = ProblemKind.UNKNOWN_KEY if entry.key_id else ProblemKind.INSERTED
             return Finding(
                 kind=kind,
@@ -269,12 +390,16 @@ class ChainVerifier:
                 ),
                 seq=entry.seq,
                 entry_id=entry.entry_id,
-                target_id=target,
+                target_id=_target(entry.content),
             )
-        key_id = entry.key_id or ""
-        mac = compute_mac(secret, kind=RecordKind.AUDIT, key_id=key_id, fields=entry.content)
+        if entry.canonical is None:
+            mac = compute_mac(
+                key.secret, kind=RecordKind.AUDIT, key_id=entry.key_id or "", fields=entry.content
+            )
+        else:
+            mac = key.audit_mac(entry.canonical)
         mac_ok = same_digest(mac, entry.mac)
-        link_ok = same_digest(link_value(secret, self._chain, entry.mac, entry.seq), entry.chain)
+        link_ok = same_digest(key.link_value(self._chain, entry.mac, entry.seq), entry.chain)
         if not (mac_ok and link_ok):
             if link_ok:
                 kind, detail = ProblemKind.EDITED, "its content does not match its MAC"
@@ -285,7 +410,11 @@ class ChainVerifier:
                 kind = ProblemKind.INSERTED
                 detail = "neither its MAC nor its chain value is the gateway's"
             return Finding(
-                kind=kind, detail=detail, seq=entry.seq, entry_id=entry.entry_id, target_id=target
+                kind=kind,
+                detail=detail,
+                seq=entry.seq,
+                entry_id=entry.entry_id,
+                target_id=_target(entry.content),
             )
         self._seq, self._chain = entry.seq, entry.chain
         self.checked += 1

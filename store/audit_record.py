@@ -9,13 +9,14 @@ so memory stays flat whatever the size of the log.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, Text, cast, func, select
+from sqlalchemy import Select, String, Text, cast, func, select, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,6 +31,7 @@ from hitl.audit_chain import (
     Finding,
     LegacyDigest,
     ProblemKind,
+    audit_content_text,
     check_approval,
     genesis_chain,
 )
@@ -75,6 +77,21 @@ _ENTRY_COLUMNS = (
     ),
 )
 _PAYLOAD = 5 + AUDIT_CONTENT_FIELDS.index("payload")
+_CREATED_AT = 5 + AUDIT_CONTENT_FIELDS.index("created_at")
+_TARGET_TYPE = 5 + AUDIT_CONTENT_FIELDS.index("target_type")
+_TARGET_ID = 5 + AUDIT_CONTENT_FIELDS.index("target_id")
+_RECORD_MAC = 5 + AUDIT_CONTENT_FIELDS.index("record_mac")
+# The same columns for the chain's stream, with the time as the driver hands it over (SQLite's
+# text, asyncpg's datetime) rather than through the column type: the verifier needs it as
+# canonical text, and going through a datetime and back cost more than the MAC itself.
+_RAW_ENTRY_COLUMNS = tuple(
+    type_coerce(AuditRow.created_at, String).label("created_at_raw")
+    if index == _CREATED_AT
+    else column
+    for index, column in enumerate(_ENTRY_COLUMNS)
+)
+_SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+"""How SQLAlchemy stores a datetime in SQLite (naive UTC here: ``store.engine.UtcDateTime``)."""
 _APPROVAL_FIELDS = tuple(name for name in ApprovalRequest.model_fields if name != "row_hash")
 
 
@@ -150,32 +167,81 @@ async def _genesis(
     return legacy, None
 
 
+class _StoredContent(Mapping[str, Any]):
+    """An entry's content as the column types read it, made only when asked for: the verifier
+    needs it for a key's first use and for a finding, not per entry."""
+
+    __slots__ = ("_made", "_row", "_time")
+
+    def __init__(self, row: Sequence[Any], time: Callable[[Any], Any]) -> None:
+        self._row = row
+        self._time = time
+        self._made: dict[str, Any] | None = None
+
+    def _content(self) -> dict[str, Any]:
+        if self._made is None:
+            content = _content(self._row)
+            content["created_at"] = self._time(self._row[_CREATED_AT])
+            self._made = content
+        return self._made
+
+    def __getitem__(self, name: str) -> Any:
+        return self._content()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._content())
+
+    def __len__(self) -> int:
+        return len(self._content())
+
+
+def _canonical_time(raw: Any) -> str | None:
+    """A stored time, as driver-read, in its canonical text (what a MAC covers); None when it is
+    not in the form the gateway stores (then the column type reads it, as everywhere else)."""
+    if type(raw) is str:
+        if _SQLITE_TIME.fullmatch(raw) is None:
+            return None
+        # Exactly what reading it as a UTC datetime and rendering that would give.
+        return f"{raw[:10]}T{raw[11:]}+00:00"
+    if type(raw) is datetime and raw.tzinfo is not None:
+        return raw.astimezone(UTC).isoformat(timespec="microseconds")
+    return None
+
+
 async def _stream_chain(
     connection: AsyncConnection, verifier: ChainVerifier, *, after: int, upto: int | None
 ) -> set[str]:
     """Feed the entries after ``after`` to ``verifier``; the approvals they changed."""
-    query: Select[Any] = select(*_ENTRY_COLUMNS).where(AuditRow.seq > after)
+    query: Select[Any] = select(*_RAW_ENTRY_COLUMNS).where(AuditRow.seq > after)
     if upto is not None:
         query = query.where(AuditRow.seq <= upto)
     query = query.order_by(AuditRow.seq).execution_options(yield_per=BATCH)
+    # What the column type makes of a stored time (SQLite's text, asyncpg's datetime).
+    dialect = connection.dialect
+    processor = AuditRow.__table__.c.created_at.type.dialect_impl(dialect).result_processor(
+        dialect, None
+    )
+
+    def read_time(raw: Any) -> Any:
+        return raw if processor is None or raw is None else processor(raw)
+
     touched: set[str] = set()
     collect = upto is not None
-    names = AUDIT_CONTENT_FIELDS
+    feed = verifier.feed
     result = await connection.stream(query)
     async for rows in result.partitions():
         for row in rows:
-            content = dict(zip(names, row[5:], strict=True))
-            content["payload"] = CanonicalJSON(row[_PAYLOAD])
-            entry = ChainEntry(row[0], row[1], row[2], row[3], row[4], content)
-            if verifier.feed(entry) is not None:
+            content = _StoredContent(row, read_time)
+            created = _canonical_time(row[_CREATED_AT])
+            canonical = None if created is None else audit_content_text(row[5:], created)
+            entry = ChainEntry(row[0], row[1], row[2], row[3], row[4], content, canonical)
+            if feed(entry) is not None:
                 await result.close()
                 return touched
-            if collect and content["record_mac"] is not None:
+            if collect and row[_RECORD_MAC] is not None:
                 # Approvals by trade id; the Guardian row by its target name.
                 touched.add(
-                    GUARDIAN_TARGET
-                    if content["target_type"] == GUARDIAN_TARGET
-                    else content["target_id"]
+                    GUARDIAN_TARGET if row[_TARGET_TYPE] == GUARDIAN_TARGET else row[_TARGET_ID]
                 )
     return touched
 

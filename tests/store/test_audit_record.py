@@ -507,3 +507,44 @@ async def test_a_database_that_cannot_be_read_cannot_run(
     assert code == 2
     assert out.startswith("hitl audit: cannot read the database")
     assert "intact" not in out
+
+
+# Edits the verifier's fast reading of the raw columns (store.audit_record._stream_chain) must
+# see exactly as the column types would: (SQLite statement, PostgreSQL statement or None).
+RAW_EDITS: dict[str, tuple[str, str | None]] = {
+    "a second later": (
+        "UPDATE audit_log SET created_at = strftime('%Y-%m-%d %H:%M:%f000', created_at,"
+        " '+1 second') WHERE seq = 4",
+        "UPDATE audit_log SET created_at = created_at + interval '1 second' WHERE seq = 4",
+    ),
+    "the same time in SQLite's short form, a minute later": (
+        "UPDATE audit_log SET created_at = datetime(created_at, '+1 minute') WHERE seq = 4",
+        None,
+    ),
+    "a number where text belongs": ("UPDATE audit_log SET actor_id = 5 WHERE seq = 4", None),
+    "non-ASCII in the payload": (
+        """UPDATE audit_log SET payload = '{"reason":"nöt"}' WHERE seq = 4""",
+        """UPDATE audit_log SET payload = '{"reason":"nöt"}'::json WHERE seq = 4""",
+    ),
+    "the payload re-spaced": (
+        """UPDATE audit_log SET payload = replace(payload, ':', ': ') WHERE seq = 4""",
+        """UPDATE audit_log SET payload = replace(payload::text, ':', ': ')::json WHERE seq = 4""",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", list(RAW_EDITS))
+async def test_the_verifiers_raw_reading_misses_no_edit(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str], edit: str
+) -> None:
+    del data_dir
+    sqlite, postgresql = RAW_EDITS[edit]
+    statement = sqlite if engine.dialect.name == "sqlite" else postgresql
+    if statement is None:
+        pytest.skip("PostgreSQL's column types refuse this value")
+    await build_record(session_factory(engine, writer=True))
+    assert (await run_hitl(capsys, "audit", "verify"))[0] == 0
+    await attack(engine, statement)
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 1, out
+    assert out.startswith("BROKEN: edited at seq 4"), out
