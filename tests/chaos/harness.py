@@ -137,6 +137,65 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --- a door that can be shut -------------------------------------------------------------------
+
+
+class Door:
+    """A TCP door on its own loopback port in front of a local server (a fake of Discord's
+    REST API): shut, connections to it are refused and the open ones cut, as when the network
+    to a service goes; opened again, on the same port, it forwards as before."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_ports(1)[0]
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        """Accept and forward connections."""
+        self._server = await asyncio.start_server(
+            self._link, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def shut(self) -> None:
+        """Refuse new connections and cut every open one."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+        except OSError:
+            writer.close()
+            return
+        pair = {writer, upstream_writer}
+        self._writers |= pair
+        try:
+            await asyncio.gather(
+                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+            )
+        finally:
+            for end in pair:
+                end.close()
+            self._writers -= pair
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.close()
+
+
 # --- the gateway's processes ------------------------------------------------------------------
 
 
@@ -537,4 +596,18 @@ async def verdict(stack: ChaosStack, load: Load, *, settle_seconds: float = 60.0
         five_hundreds=sum(1 for a in load.answers if a.status >= 500 and a.status != 503),
         slow_errors=sum(1 for a in load.answers if a.status == 503 and a.seconds > ANSWER_WITHIN),
         statuses=dict(load.statuses()),
+    )
+
+
+def audit_verify(stack: ChaosStack) -> subprocess.CompletedProcess[str]:
+    """``hitl audit verify`` as an auditor runs it, in the stack's environment (its data folder
+    holds the worker's checkpoint file)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hitl"), "audit", "verify"],
+        cwd=REPO,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
