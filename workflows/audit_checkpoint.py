@@ -10,6 +10,8 @@ checkpoint file and raises the alarm on a break.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
@@ -58,7 +60,10 @@ class AuditCheckpointWorkflow:
                 self._verified = result.head
             # A break keeps the last good head: every later check reports the break again
             # until the record is repaired, and the alert names it each time.
-            await workflow.wait_condition(lambda: self._wake, timeout=interval)
+            # A quiet interval ends in TimeoutError: that is the next check's turn, not a failure
+            # (uncaught, it failed every workflow task from then on and checking stopped).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(lambda: self._wake, timeout=interval)
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             AuditCheckpointInput(verified=self._verified, interval_seconds=data.interval_seconds)

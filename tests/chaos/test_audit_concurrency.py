@@ -374,12 +374,6 @@ async def test_a_thousand_concurrent_decisions_leave_an_intact_record(
     await _run(two_worker_stack, 1000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows/audit_checkpoint.py: workflow.wait_condition(timeout=...) raises "
-    "TimeoutError when the interval passes without check_now, and the SDK fails the workflow "
-    "on it, so the continuous check stops after its first quiet interval (issue 15 item 6)",
-)
 @pytest.mark.timeout(300)
 async def test_the_continuous_check_keeps_checking_after_a_quiet_interval(tmp_path: Path) -> None:
     stack = ChaosStack(
