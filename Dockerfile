@@ -19,8 +19,11 @@ RUN pip install --require-hashes --no-deps -r requirements/runtime.txt
 # also holds what a wheel would leave out (migrations/versions, the top-level discord_bot module).
 # It brings the `hitl` command (docker-compose.yml's migrations run `hitl migrate`).
 COPY . .
+# /var/lib/hitl, the worker's data folder (audit-checkpoints.jsonl), belongs to that user: compose
+# mounts a named volume there, which takes the folder's owner when first created.
 RUN pip install --no-deps --no-build-isolation -e . \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent hitl
+    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent hitl \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/hitl
 
 # Root owns the code; the processes run as an unprivileged user that cannot change it.
 USER 10001:10001
