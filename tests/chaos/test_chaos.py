@@ -26,6 +26,7 @@ from tests.chaos.harness import (
     Verdict,
     verdict,
 )
+from tests.temporal_fixtures import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,10 +50,17 @@ def _assert_clean(result: Verdict) -> None:
 
 
 async def _load(stack: ChaosStack) -> Load:
+    """The steady load, once it has decided a few approvals."""
     load = Load(stack.api_url)
     load.start()
-    await asyncio.sleep(2)
+    await wait_until(lambda: len(load.decided) >= 2, timeout=60, interval=0.1)
     return load
+
+
+async def _decides_again(load: Load) -> None:
+    """Until the load has decided one more approval than now (it recovered)."""
+    decided = len(load.decided)
+    await wait_until(lambda: len(load.decided) > decided, timeout=120, interval=0.1)
 
 
 def _body(trade_id: uuid.UUID) -> dict[str, str]:
@@ -85,9 +93,26 @@ async def _probe_unavailable(stack: ChaosStack) -> tuple[int, str | None, float]
 async def test_worker_killed_with_kill_9_under_load(stack: ChaosStack) -> None:
     load = await _load(stack)
     stack.kill9("worker")
-    await asyncio.sleep(3)
-    stack.spawn("worker")
-    await asyncio.sleep(3)
+    # While no worker polls, Temporal still answers: a request waits for its workflow (up to
+    # the API's decision time-out) and is not taken for an unreachable Temporal (SEC-070 in
+    # about 0.5 s), though several reachability questions are asked meanwhile.
+    waiting = asyncio.create_task(_post(stack, "/api/hitl/requests", _body(uuid.uuid4())))
+    try:
+        await asyncio.sleep(3)
+        assert not waiting.done(), waiting.result().text
+    finally:
+        stack.spawn("worker")
+    answer = await waiting
+    # 201, or the API's own decision time-out if the worker took that long to start.
+    assert answer.status_code in (201, 503), answer.text
+    if answer.status_code == 503:
+        assert "cannot be reached" not in answer.json().get("message", ""), answer.text
+    else:
+        # Decided like the load's approvals, for the invariants.
+        trade_id = answer.json()["trade_id"]
+        decided = await _post(stack, f"/api/hitl/{trade_id}/reject", {"reason": "chaos"}, "alice")
+        assert decided.status_code == 200, decided.text
+    await _decides_again(load)
     await load.stop()
     result = await verdict(stack, load)
     _assert_clean(result)
@@ -100,14 +125,20 @@ async def test_api_killed_with_kill_9_mid_request_the_retry_makes_one_approval(
     load = await _load(stack)
     # Requests and decisions are in flight: the connection of some of them is cut.
     stack.kill9("api")
-    await asyncio.sleep(1)
     stack.spawn("api")
     await stack.wait_api()
-    await asyncio.sleep(2)
+    await _decides_again(load)
     await load.stop()
     result = await verdict(stack, load)
     _assert_clean(result)
     assert 0 in result.statuses, "no request had its connection cut"
+
+
+async def _post(
+    stack: ChaosStack, path: str, body: dict[str, str], who: str = "bot-1"
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
+        return await http.post(path, json=body, headers={"Authorization": f"Bearer {TOKENS[who]}"})
 
 
 async def _timed(
@@ -157,35 +188,6 @@ async def test_temporal_unreachable_the_api_answers_503_within_2_seconds(stack: 
         await stack.wait_api()
 
 
-async def test_a_request_waiting_for_a_worker_is_not_taken_for_an_unreachable_temporal(
-    stack: ChaosStack,
-) -> None:
-    """The other side of the fast 503: Temporal answers but no worker does; the request's
-    Update waits for its workflow (up to the API's decision time-out) instead of answering
-    SEC-070 as an unreachable server would."""
-    stack.kill9("worker")
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
-        request = asyncio.create_task(
-            http.post(
-                "/api/hitl/requests",
-                json=_body(uuid.uuid4()),
-                headers={"Authorization": f"Bearer {TOKENS['bot-1']}"},
-            )
-        )
-        try:
-            # Several reachability questions are asked meanwhile; every one is answered.
-            await asyncio.sleep(4)
-            assert not request.done(), request.result().json()
-        finally:
-            stack.spawn("worker")
-        answer = await request
-        # 201, or the API's own decision time-out if the worker took that long to start.
-        assert answer.status_code in (201, 503), answer.text
-        if answer.status_code == 503:
-            assert "cannot be reached" not in answer.json().get("message", ""), answer.text
-    await stack.wait_api()
-
-
 # --- long: make chaos -----------------------------------------------------------------------------
 
 
@@ -200,7 +202,7 @@ async def test_temporal_dev_server_killed_and_restarted_on_its_file_under_load(
     stack.spawn("temporal")
     await stack.wait_temporal()
     await stack.wait_api()
-    await asyncio.sleep(5)
+    await _decides_again(load)
     await load.stop()
     result = await verdict(stack, load, settle_seconds=120)
     _assert_clean(result)
@@ -239,7 +241,7 @@ async def test_postgres_stopped_for_30_seconds_under_load(
         await asyncio.sleep(2)
     await asyncio.to_thread(postgres.start)
     await stack.wait_api()
-    await asyncio.sleep(5)
+    await _decides_again(load)
     await load.stop()
     assert probes and all(status == 503 for status, _, _ in probes), probes
     assert all(code and code.startswith("SEC-") for _, code, _ in probes), probes
