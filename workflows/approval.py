@@ -133,6 +133,8 @@ class ApprovalWorkflow:
         """The id of the update whose decision was recorded, if an update's was."""
         self._first_approval_by: str | None = None
         """The id of the update that recorded a first of two approvals (four eyes)."""
+        self._progress: asyncio.Task[None] | None = None
+        """The notice of that first approval, which the outcome's notice follows."""
         self._visible = False
         """Whether this run shows itself to operators (``OPERATOR_VIEW``)."""
         self._published: tuple[Any, ...] | None = None
@@ -342,6 +344,7 @@ class ApprovalWorkflow:
                     )
                     # (A Guardian lock may have rejected it first; that is no expiry.)
                     if self._current.decision_reason is DecisionReason.HITL_TIMEOUT:
+                        await self._after_progress()
                         await self._notify("notify_approval_expired", self._current)
 
     async def _remind(self) -> None:
@@ -487,9 +490,10 @@ class ApprovalWorkflow:
             ):
                 # A first of two approvals (four eyes) made elsewhere: the Discord message shows
                 # it (a click's own message is edited by the bot).
-                self._notices.append(
-                    asyncio.create_task(self._notify("notify_approval_decided", approval))
+                self._progress = asyncio.create_task(
+                    self._notify("notify_approval_decided", approval)
                 )
+                self._notices.append(self._progress)
             # Only the update that recorded the decision sends the notice; histories recorded
             # before this notice existed replay without it.
             if (
@@ -500,9 +504,7 @@ class ApprovalWorkflow:
                 and approval.decision_reason is not DecisionReason.GUARDIAN_LOCK
                 and workflow.patched("notify-approval-decided")
             ):
-                self._notices.append(
-                    asyncio.create_task(self._notify("notify_approval_decided", approval))
-                )
+                self._notices.append(asyncio.create_task(self._notify_decided(approval)))
 
     async def _apply_decision(
         self, command: DecisionCommand, decision: Decision
@@ -574,6 +576,16 @@ class ApprovalWorkflow:
                 audit_payload={"market": market, **request},
                 approvers=step.approvers,
             )
+
+    async def _after_progress(self) -> None:
+        """Wait for the notice of a first of two approvals, if one is under way, so that the
+        approval's outcome is shown after it, never overwritten by it."""
+        if self._progress is not None:
+            await self._progress
+
+    async def _notify_decided(self, approval: ApprovalRequest) -> None:
+        await self._after_progress()
+        await self._notify("notify_approval_decided", approval)
 
     def _approvals_required(self, approval: ApprovalRequest) -> int:
         """How many operators must approve: the worker's four-eyes threshold, in runs that

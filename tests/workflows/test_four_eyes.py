@@ -36,12 +36,21 @@ def command(operator: str, comment: str | None = None) -> DecisionCommand:
     )
 
 
-@pytest.fixture
+@pytest.fixture(params=[100, 0], ids=["cached", "no-cache"])
 async def four_eyes(
-    dev_env: WorkflowEnvironment, sqlite_sessions: async_sessionmaker[AsyncSession]
+    request: pytest.FixtureRequest,
+    dev_env: WorkflowEnvironment,
+    sqlite_sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[Gateway]:
-    """A gateway whose worker asks two operators above 2 % risk (alice and bob may decide)."""
-    gw = await start_gateway(dev_env, sqlite_sessions, four_eyes_risk_pct=THRESHOLD)
+    """A gateway whose worker asks two operators above 2 % risk (alice and bob may decide);
+    with the workflow cache on, and off (every task replays the history so far, so the
+    four-eyes path is replayed with its patch marker as a restarted worker would)."""
+    gw = await start_gateway(
+        dev_env,
+        sqlite_sessions,
+        max_cached_workflows=request.param,
+        four_eyes_risk_pct=THRESHOLD,
+    )
     async with gw.worker:
         yield gw
 
