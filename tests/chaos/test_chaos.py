@@ -158,13 +158,20 @@ async def test_temporal_unreachable_the_api_answers_503_within_2_seconds(stack: 
     """Issue #16: Temporal unreachable, the API answers 503 SEC-070 within 2 s (the SDK alone
     retries an unreachable server for about 10 s inside each call), also an API process that
     starts while Temporal is down and has never reached it (its lazy client's first connection
-    fails), and /readyz and the Guardian's lock answer as fast."""
+    fails), and /readyz, a decision and the Guardian's lock answer as fast. The lock answered
+    503 never takes effect later (the cancelled call takes the SDK's retries with it)."""
+    pending = await _post(stack, "/api/hitl/requests", _body(uuid.uuid4()))
+    assert pending.status_code == 201, pending.text
+    trade_id = pending.json()["trade_id"]
     stack.kill9("temporal")
     try:
         status, code, seconds = await _probe_unavailable(stack)
         assert (status, code) == (503, "SEC-070")
         assert seconds <= ANSWER_WITHIN, seconds
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+            decision = await _timed(http, "POST", f"/api/hitl/{trade_id}/reject", TOKENS["alice"])
+            assert decision[:2] == (503, "SEC-070"), decision
+            assert decision[2] <= ANSWER_WITHIN, decision
             began = time.monotonic()
             ready = await http.get("/readyz")
             assert ready.status_code == 503
@@ -186,6 +193,15 @@ async def test_temporal_unreachable_the_api_answers_503_within_2_seconds(stack: 
         if not stack.alive("worker"):
             stack.spawn("worker")
         await stack.wait_api()
+        # Decided, for the shared stack's invariants, however the checks above went.
+        decided = await _post(stack, f"/api/hitl/{trade_id}/reject", {"reason": "chaos"}, "alice")
+    assert decided.status_code == 200, decided.text
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        guardian = await http.get(
+            "/api/guardian/status", headers={"Authorization": f"Bearer {TOKENS['admin']}"}
+        )
+    assert guardian.status_code == 200, guardian.text
+    assert guardian.json()["locked"] is False, guardian.text
 
 
 # --- long: make chaos -----------------------------------------------------------------------------
