@@ -69,4 +69,6 @@ async def test_a_refused_connection_answers_sec_070_not_the_sdks_connect_error()
 async def test_a_server_that_never_answers_is_given_up_on_not_waited_for(silent_port: int) -> None:
     error = await _refusal(f"127.0.0.1:{silent_port}")
     assert error.error is ErrorCode.SERVICE_UNAVAILABLE
-    assert "no answer" in error.message
+    # Given up by the reachability question's own time limit (or by the SDK's connection
+    # time-out, should that come first on a slow machine).
+    assert "cannot be reached" in error.message
