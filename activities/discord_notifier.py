@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from uuid import UUID
 
 import discord
 import structlog
@@ -32,7 +33,7 @@ from activities.discord_render import (
 from activities.discord_rest import DiscordChannel, message_key
 from activities.market_preview import PreviewQuotes
 from activities.notifications import ConsoleNotifier, Notifier
-from hitl.errors import ConfigurationError
+from hitl.errors import ConfigurationError, HITLError
 from hitl.messages import (
     SYSTEM_ACTOR,
     GuardianCascadeSummary,
@@ -42,6 +43,7 @@ from hitl.messages import (
 )
 from hitl.models import ApprovalRequest
 from hitl.settings import Settings
+from store.approvals import approval_record
 from store.audit import GUARDIAN_TARGET
 from store.engine import Sessions
 
@@ -160,6 +162,31 @@ class DiscordNotifier:
             correlation_id=approval.correlation_id,
             post=post,
         )
+        await self._catch_up(approval.trade_id)
+
+    async def _catch_up(self, trade_id: UUID) -> None:
+        """Show on the approval message what was decided before it could be posted.
+
+        While Discord was unreachable an operator may have decided over the API or the page;
+        that decision's notice found no message and ended, so the message just posted would keep
+        live buttons. Read after the message's record is committed: a decision recorded later
+        finds the message itself (:meth:`approval_decided`), so one of the two always shows it.
+        """
+        original = await self._channel.posted(message_key(trade_id, _REQUESTED))
+        if original is None:
+            return
+        try:
+            async with self._sessions() as session:
+                record = await approval_record(session, trade_id)
+        except HITLError:
+            return  # unreadable (SEC-080): the workflow's own checks raise that alarm
+        if record is None or not record.integrity_ok:
+            return  # nothing trustworthy to show: the buttons stay, the workflow decides
+        current = record.approval
+        if current.is_decided:
+            await self._channel.replace(original, embed=outcome_embed(current))
+        elif current.approvers:
+            await self._channel.retext(original, content=approval_text(current))
 
     async def approval_expired(self, approval: ApprovalRequest) -> None:
         """Take the buttons off the approval message and post the timeout notice."""

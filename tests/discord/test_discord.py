@@ -745,3 +745,29 @@ async def test_deep_link_endpoint_shows_the_approval_once_and_decides_nothing(
         assert (await rig.stored(approval)).status == "AWAITING_APPROVAL"
         current = await rig.approvals.approval(approval.trade_id).current()
         assert current is not None and current.status is TradeStatus.AWAITING_APPROVAL
+
+
+async def test_an_approval_decided_while_discord_was_down_is_posted_decided(rig: Rig) -> None:
+    """Discord refuses the approval message's first two posts; meanwhile bob approves over the
+    API. The message Discord finally gets must show the decision, not live buttons (found by the
+    Discord-outage chaos scenario: the decision's edit found no message and ended)."""
+    rig.fake.fail(500, times=2)
+    proposal = make_proposal(rig.market)
+    handle = await rig.approvals.request_approval(proposal, requested_by="bot-1")
+    approval = await handle.recorded()
+    decided = await handle.approve(
+        DecisionCommand(operator_id="bob", channel=DecisionChannel.API, correlation_id="corr-api")
+    )
+    assert decided.status is TradeStatus.ACCEPTED
+    # The decision's notice ran while no message existed yet.
+    assert not [c for c in rig.fake.requests("POST", MESSAGES) if c.status == 200]
+
+    def shown_decided() -> bool:
+        message = rig.message_of(approval)
+        return message is not None and message["embeds"][0]["title"].startswith("ACCEPTED")
+
+    await wait_until(shown_decided, timeout=30)
+    message = rig.message_of(approval)
+    assert message is not None
+    assert message["components"] == []
+    assert len(rig.fake.channel_messages()) == 1
