@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from hitl.audit_chain import verify_export
@@ -23,9 +23,12 @@ from hitl.keys import KeyPurpose, Keyring, keys_dir_from_environment, load_keyri
 from hitl.settings import DatabaseSettings
 from launcher.commands import Subparsers
 from launcher.errors import EXIT_CONFIGURATION, EXIT_FAILURE, EXIT_OK
-from store.audit_record import UNREADABLE, RecordReport, export_trail, verify_record
-from store.checkpoints import checkpoint_path, read_checkpoints
-from store.engine import create_engine
+
+if TYPE_CHECKING:
+    from store.audit_record import RecordReport
+
+# store/ (SQLAlchemy) is imported when a check runs, not here: `hitl --help` and the other
+# commands then start without it.
 
 DESCRIPTION = """\
 Check that the record (approvals, audit entries, snapshots, the Guardian row) is exactly what the
@@ -103,6 +106,10 @@ def _describe(report: RecordReport, checkpoints: int) -> str:
 
 
 async def _verify_database(url: str, keys: Keyring, data_dir: Path) -> tuple[int, str]:
+    from store.audit_record import verify_record
+    from store.checkpoints import checkpoint_path, read_checkpoints
+    from store.engine import create_engine
+
     stored = read_checkpoints(checkpoint_path(data_dir), keys)
     if stored.finding is not None:
         return EXIT_FAILURE, f"BROKEN: {stored.finding.describe()}"
@@ -136,6 +143,8 @@ def _verify(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         print(f"intact: trade {data.get('trade_id')}'s trail, covered by {check.covered_by}")
         return EXIT_OK
+    from store.audit_record import UNREADABLE
+
     try:
         code, line = asyncio.run(_verify_database(_database_url(args), keys, _data_dir()))
     except UNREADABLE as exc:
@@ -145,6 +154,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from store.audit_record import UNREADABLE, export_trail
+    from store.checkpoints import checkpoint_path, read_checkpoints
+    from store.engine import create_engine
+
     try:
         keys = _keys()
     except ConfigurationError as exc:
