@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from hitl.audit_chain import AuditCheckpointInput
 from hitl.errors import ConfigurationError
 from hitl.keys import KeyPurpose, KeyringFile
 from hitl.logs import configure_logging
+from hitl.messages import guardian_workflow_id
 from hitl.paper_market import market_kind
 from hitl.settings import Settings, get_settings
 from hitl.signing import CommandSigner
@@ -40,7 +42,7 @@ from store.engine import Sessions, create_engine, session_factory
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_checkpoint import AuditCheckpointWorkflow, checkpoint_workflow_id
 from workflows.connection import connect_temporal
-from workflows.guardian import GuardianWorkflow
+from workflows.guardian import MOVE_SIGNAL, GuardianWorkflow, guardian_task_queue
 from workflows.reconciler import ReconcilerWorkflow
 from workflows.reconciler_client import ReconcilerClient
 
@@ -63,7 +65,7 @@ def activities_for(
     market = MarketDataActivities(provider)
     policy = PolicyActivities(trust or WorkerTrust.from_settings(get_settings()))
     signer = signer or CommandSigner.from_keys_dir(get_settings().keys_dir)
-    guardian = GuardianActivities(sessions, client, signer)
+    guardian = GuardianActivities(sessions, client, signer, notifier)
     reconcile = ReconcileActivities(sessions, client)
     return [
         guardian.engage_guardian_lock,
@@ -87,6 +89,35 @@ def activities_for(
     ]
 
 
+GUARDIAN_CACHED_WORKFLOWS = 10
+"""The Guardian worker keeps its one workflow (and a few runs of it) cached."""
+
+
+class GatewayWorkers:
+    """The worker process's two Temporal workers, run together on one client: ``approvals``
+    on the gateway's task queue (approvals, the reconciler, the audit checks) and ``guardian``
+    on the Guardian's own queue (``guardian_task_queue``), so that thousands of approvals
+    waiting for a slot never delay a lock or its cascade."""
+
+    def __init__(self, approvals: Worker, guardian: Worker) -> None:
+        self.approvals = approvals
+        self.guardian = guardian
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def __aenter__(self) -> GatewayWorkers:
+        async with contextlib.AsyncExitStack() as stack:
+            # The Guardian first: a lock never waits on the approvals' worker starting.
+            await stack.enter_async_context(self.guardian)
+            await stack.enter_async_context(self.approvals)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+
 def build_worker(
     client: Client,
     *,
@@ -94,17 +125,48 @@ def build_worker(
     activities: Sequence[Any],
     max_cached_workflows: int = 1000,
     trust: WorkerTrust | None = None,
-) -> Worker:
-    """A worker for ApprovalWorkflow and its activities on ``task_queue``; the workflows'
-    validators check commands against ``trust`` (default: from the settings)."""
-    install_trust(task_queue, trust or WorkerTrust.from_settings(get_settings()))
-    return Worker(
+) -> GatewayWorkers:
+    """The workers of ``task_queue`` and of the Guardian's own queue, with the activities
+    bound to their dependencies; the workflows' validators check commands against ``trust``
+    (default: from the settings).
+
+    The approvals' worker still runs GuardianWorkflow: a Guardian started before it had a queue
+    of its own runs there until it moves (``move_guardian_to_own_queue``). Both workers get
+    every activity (registering one costs nothing); each workflow's activities are scheduled on
+    its own queue, so the Guardian's run on the Guardian's worker."""
+    trust = trust or WorkerTrust.from_settings(get_settings())
+    guardian_queue = guardian_task_queue(task_queue)
+    install_trust(task_queue, trust)
+    install_trust(guardian_queue, trust)
+    approvals = Worker(
         client,
         task_queue=task_queue,
         workflows=[ApprovalWorkflow, GuardianWorkflow, ReconcilerWorkflow, AuditCheckpointWorkflow],
         activities=activities,
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    guardian = Worker(
+        client,
+        task_queue=guardian_queue,
+        workflows=[GuardianWorkflow],
+        activities=activities,
+        max_cached_workflows=GUARDIAN_CACHED_WORKFLOWS,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    return GatewayWorkers(approvals, guardian)
+
+
+async def move_guardian_to_own_queue(client: Client, task_queue: str) -> None:
+    """Ask the gateway's Guardian workflow to run on its own queue: one started on the
+    approvals' queue by an older version continues as new there; a Guardian already home
+    ignores it; without one, it is started (idle) on its own queue."""
+    await client.start_workflow(
+        GuardianWorkflow.run,
+        id=guardian_workflow_id(task_queue),
+        task_queue=guardian_task_queue(task_queue),
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal=MOVE_SIGNAL,
     )
 
 
@@ -255,6 +317,7 @@ async def main() -> None:
             action="worker.start",
             result="ok",
             task_queue=settings.temporal.task_queue,
+            guardian_task_queue=guardian_task_queue(settings.temporal.task_queue),
             metrics_port=settings.worker.metrics_port,
             notifier=type(notifier).__name__,
         )
@@ -267,6 +330,17 @@ async def main() -> None:
                     correlation_id="-",
                     actor="worker",
                     action="audit.start",
+                    result="failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            try:
+                await move_guardian_to_own_queue(client, settings.temporal.task_queue)
+            except Exception as exc:  # the next lock (or worker start) finds it where it is
+                log.error(
+                    "guardian not moved to its own queue",
+                    correlation_id="-",
+                    actor="worker",
+                    action="guardian.move",
                     result="failed",
                     error=f"{type(exc).__name__}: {exc}",
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
@@ -10,6 +11,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.notifications import ConsoleNotifier, Notifier
 from activities.persistence import count_guardian_rejections
 from hitl.errors import ErrorCode
 from hitl.messages import (
@@ -18,6 +20,7 @@ from hitl.messages import (
     GuardianLockNotice,
     GuardianLockResult,
     GuardianStatus,
+    SecurityAlertInput,
     workflow_id_for,
 )
 from hitl.signing import CommandAction, CommandSigner
@@ -39,10 +42,17 @@ class GuardianActivities:
     """The Guardian's I/O; built in ``worker.py`` with sessions, the Temporal client and the
     signer of the lock notices."""
 
-    def __init__(self, sessions: Sessions, client: Client, signer: CommandSigner) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        client: Client,
+        signer: CommandSigner,
+        notifier: Notifier | None = None,
+    ) -> None:
         self._sessions = sessions
         self._client = client
         self._signer = signer
+        self._notifier = notifier or ConsoleNotifier()
 
     @activity.defn(name="engage_guardian_lock")
     async def engage_guardian_lock(self, command: GuardianCommand) -> GuardianLockResult:
@@ -108,19 +118,11 @@ class GuardianActivities:
             if batch.last_id == after_id:
                 break
             for trade_id in batch.tampered:
-                log.error(
-                    "security alert: a pending approval failed its integrity check",
-                    correlation_id=notice.correlation_id,
-                    actor="worker",
-                    action="guardian.cascade",
-                    result="skipped",
-                    error_code=ErrorCode.INTEGRITY_FAILURE.code,
-                    trade_id=str(trade_id),
-                )
-            count_guardian_rejections(len(batch.rejected))
+                await self._alert_tampered(notice, trade_id)
+            count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
             await self._tell(notice, batch.rejected)
             after_id = batch.last_id
-            total += len(batch.rejected)
+            total += len(batch.rejected) + len(batch.tampered)
             activity.heartbeat(after_id, total)
         log.warning(
             "guardian cascade done",
@@ -132,6 +134,32 @@ class GuardianActivities:
             rejected=total,
         )
         return total
+
+    async def _alert_tampered(self, notice: GuardianLockNotice, trade_id: UUID) -> None:
+        """The security alert for a pending approval the cascade rejected although (because)
+        its row failed its integrity check. A retry that resumes after the batch committed may
+        not alert again: the audit entry and the log line stand."""
+        log.error(
+            "security alert: a pending approval failed its integrity check; rejected unsealed",
+            correlation_id=notice.correlation_id,
+            actor="worker",
+            action="guardian.cascade",
+            result="rejected",
+            error_code=ErrorCode.INTEGRITY_FAILURE.code,
+            trade_id=str(trade_id),
+        )
+        await self._notifier.security_alert(
+            SecurityAlertInput(
+                trade_id=trade_id,
+                error_code=ErrorCode.INTEGRITY_FAILURE.code,
+                message=(
+                    "stored approval failed its integrity check; rejected by the Guardian lock "
+                    "and left unsealed as found (hitl audit verify reports it)"
+                ),
+                correlation_id=notice.correlation_id,
+                detected_at=datetime.now(UTC),
+            )
+        )
 
     async def _tell(self, lock: GuardianLockNotice, trade_ids: list[UUID]) -> None:
         """Send each approval's workflow its own signed lock notice, a bounded number at once."""

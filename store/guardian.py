@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from hitl.decisions import guardian_rejection
 from hitl.errors import ErrorCode
 from hitl.messages import SYSTEM_ACTOR, GuardianCommand, GuardianLockResult, GuardianStatus
-from hitl.models import ApprovalRequest, DecisionReason, TradeStatus
+from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit
 from store.engine import AsyncSession, Sessions
 from store.events import add_event
@@ -80,6 +82,96 @@ async def write_guardian_rejection(
         session, event_type="hitl.decided", approval=rejected, key=f"{approval.trade_id}:decided"
     )
     return rejected
+
+
+TAMPERED_NOTE = "the stored record failed its integrity check (SEC-080); left unsealed as found"
+
+
+async def write_tampered_guardian_rejection(
+    session: AsyncSession,
+    row: ApprovalRow,
+    found: ApprovalRequest | None,
+    *,
+    guardian: GuardianStateRow,
+    at: datetime,
+) -> dict[str, Any]:
+    """Reject, for the Guardian, a pending approval whose row fails its MAC, keeping the
+    tampering visible: only the decision columns change (REJECTED, GUARDIAN_LOCK, by the
+    system); the row hash, the MAC and its key id stay as found, so ``hitl audit verify`` and
+    every read keep reporting the row as altered. Nothing is resealed: the gateway cannot tell
+    which of the row's values are genuine, and a fresh MAC would make the forgery pass for its
+    own record. The audit entry is ``approval.integrity_failure`` (SEC-080) with the row as
+    found; its ``record_mac`` is the MAC the row still carries. Returns the row as written."""
+    found_row = _dump(found, row)
+    comment = (
+        f"Guardian locked by {guardian.changed_by or SYSTEM_ACTOR}: "
+        f"{guardian.reason or 'no reason given'}; {TAMPERED_NOTE}"
+    )
+    row.status = TradeStatus.REJECTED.value
+    row.decided_at = at
+    row.decided_by = SYSTEM_ACTOR
+    row.decision_channel = DecisionChannel.SYSTEM.value
+    row.decision_reason = DecisionReason.GUARDIAN_LOCK.value
+    row.comment = comment
+    written = {**found_row, **_decision_dump(row)}
+    if found is not None:
+        decided = found.model_copy(
+            update={
+                "status": TradeStatus.REJECTED,
+                "decided_at": at,
+                "decided_by": SYSTEM_ACTOR,
+                "decision_channel": DecisionChannel.SYSTEM,
+                "decision_reason": DecisionReason.GUARDIAN_LOCK,
+                "comment": comment,
+            }
+        )
+        await add_event(
+            session,
+            event_type="hitl.decided",
+            approval=decided,
+            key=f"{row.trade_id}:guardian-integrity",
+        )
+    await write_audit(
+        session,
+        AuditEntry(
+            actor_id=guardian.changed_by or SYSTEM_ACTOR,
+            action="approval.integrity_failure",
+            target_id=row.trade_id,
+            correlation_id=str(row.correlation_id),
+            previous_state=TradeStatus.AWAITING_APPROVAL.value,
+            new_state=TradeStatus.REJECTED.value,
+            payload={
+                "approval": written,
+                "found_row": found_row,
+                "guardian_version": guardian.version,
+                "resealed": False,
+            },
+            error_code=ErrorCode.INTEGRITY_FAILURE.code,
+            # Not the decision's key: the approval's workflow, which holds the genuine copy,
+            # still writes its own SEC-080 rejection when it next meets the row.
+            idempotency_key=f"{row.trade_id}:guardian-integrity",
+            record_mac=row.mac,
+        ),
+    )
+    return written
+
+
+def _dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
+    """The row's values as found (as a record when they make one, else as text)."""
+    if found is not None:
+        return found.to_dict()
+    return {name: str(getattr(row, name)) for name in ApprovalRequest.model_fields}
+
+
+def _decision_dump(row: ApprovalRow) -> dict[str, Any]:
+    return {
+        "status": row.status,
+        "decided_at": row.decided_at.isoformat() if row.decided_at else None,
+        "decided_by": row.decided_by,
+        "decision_channel": row.decision_channel,
+        "decision_reason": row.decision_reason,
+        "comment": row.comment,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +246,9 @@ class RejectedBatch:
     rejected: list[UUID]
     """Rejected for the Guardian in this batch."""
     tampered: list[UUID]
-    """Skipped: their row failed its integrity check (SEC-080); left to their workflow."""
+    """Rejected too, but their row failed its integrity check (SEC-080): written unsealed
+    (:func:`write_tampered_guardian_rejection`), and their workflows are not told (adopting
+    would restore the row from the workflow's copy and seal it, hiding the tampering)."""
     last_id: int
     """The highest row id looked at (the next batch starts after it); 0 when none."""
 
@@ -191,9 +285,11 @@ async def reject_pending_batch(
         rejected: list[UUID] = []
         tampered: list[UUID] = []
         for row in pending:
-            approval = approval_from_row(row)
-            if not await approval_intact(session, row, approval):
-                # Left to its workflow, which checks it against its own copy (SEC-080).
+            approval = _read(row)
+            if approval is None or not await approval_intact(session, row, approval):
+                await write_tampered_guardian_rejection(
+                    session, row, approval, guardian=guardian, at=now
+                )
                 tampered.append(row.trade_id)
                 continue
             await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
@@ -202,15 +298,24 @@ async def reject_pending_batch(
     return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id)
 
 
+def _read(row: ApprovalRow) -> ApprovalRequest | None:
+    """The record a row holds, or None when it holds values no record could have."""
+    try:
+        return approval_from_row(row)
+    except ValidationError:
+        return None
+
+
 async def rejected_after(sessions: Sessions, *, after_id: int) -> list[UUID]:
     """The approvals the standing lock rejected, in rows after ``after_id``: a resumed cascade
-    tells these again, since the batch it was in may have committed before it could."""
+    tells these again, since the batch it was in may have committed before it could. Rows
+    written unsealed for failing their MAC are left out (their workflows are never told)."""
     async with sessions() as session:
         guardian = await guardian_state(session, for_update=False)
         if not guardian.locked or guardian.since is None:
             return []
         rows = await session.execute(
-            select(ApprovalRow.trade_id)
+            select(ApprovalRow)
             .where(
                 ApprovalRow.id > after_id,
                 ApprovalRow.decision_reason == DecisionReason.GUARDIAN_LOCK.value,
@@ -218,7 +323,12 @@ async def rejected_after(sessions: Sessions, *, after_id: int) -> list[UUID]:
             )
             .order_by(ApprovalRow.id)
         )
-        return list(rows.scalars())
+        told: list[UUID] = []
+        for row in rows.scalars():
+            approval = _read(row)
+            if approval is not None and await approval_intact(session, row, approval):
+                told.append(row.trade_id)
+        return told
 
 
 async def pending_remaining(session: AsyncSession) -> int:

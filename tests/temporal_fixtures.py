@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.market_providers import MarketDataProvider, SimulatedMarketData
 from activities.policy import WorkerTrust
@@ -31,7 +30,7 @@ from hitl.models import ApprovalRequest, Side, TradeProposal
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
 from store.engine import create_engine, session_factory
-from worker import activities_for, build_worker
+from worker import GatewayWorkers, activities_for, build_worker
 from workflows.client import ApprovalClient
 from workflows.connection import gateway_data_converter
 from workflows.search_attributes import KEYS, ensure_registered
@@ -131,7 +130,8 @@ class Gateway:
 
     env: WorkflowEnvironment
     client: ApprovalClient
-    worker: Worker
+    worker: GatewayWorkers
+    """The approvals' worker and the Guardian's (its own task queue), run together."""
     sessions: async_sessionmaker[AsyncSession]
     market: SimulatedMarketData
     provider: MarketDataProvider
@@ -142,8 +142,8 @@ class Gateway:
     at decision time)."""
     trust: WorkerTrust | None = None
 
-    def new_worker(self, *, max_cached_workflows: int = 100) -> Worker:
-        """Another worker on the same task queue, with the same dependencies."""
+    def new_worker(self, *, max_cached_workflows: int = 100) -> GatewayWorkers:
+        """Other workers on the same task queues, with the same dependencies."""
         return build_worker(
             self.env.client,
             task_queue=self.task_queue,

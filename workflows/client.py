@@ -50,7 +50,7 @@ from hitl.signing import CommandAction, CommandSigner
 from workflows import search_attributes
 from workflows.approval import ApprovalWorkflow
 from workflows.connection import unless_unreachable
-from workflows.guardian import GuardianWorkflow
+from workflows.guardian import GuardianWorkflow, guardian_task_queue
 
 CommandT = TypeVar("CommandT", DecisionCommand, LifecycleCommand)
 
@@ -367,7 +367,8 @@ def default_signer() -> CommandSigner:
 
 
 class GuardianClient:
-    """Locks and unlocks the Guardian through its workflow (started on first use)."""
+    """Locks and unlocks the Guardian through its workflow (started on first use, on the
+    Guardian's own task queue; ``task_queue`` is the approvals' queue, which names it)."""
 
     def __init__(
         self,
@@ -381,7 +382,8 @@ class GuardianClient:
         self._signer = signer or default_signer()
 
     async def lock(self, command: GuardianCommand) -> GuardianStatus:
-        """Lock; returns once acknowledged (every pending approval already rejected)."""
+        """Lock; returns once acknowledged (no decision succeeds from then on); the pending
+        approvals are rejected right after, in batches (``pending_remaining``)."""
         return await self._update(GuardianWorkflow.lock, command, CommandAction.GUARDIAN_LOCK)
 
     async def unlock(self, command: GuardianCommand) -> GuardianStatus:
@@ -396,7 +398,7 @@ class GuardianClient:
         start = WithStartWorkflowOperation(
             GuardianWorkflow.run,
             id=workflow_id,
-            task_queue=self._task_queue,
+            task_queue=guardian_task_queue(self._task_queue),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         try:

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         GuardianFanOut,
         GuardianLockNotice,
         GuardianStatus,
+        guardian_workflow_id,
     )
     from hitl.signing import CommandAction, SeenProofs
 
@@ -42,6 +43,24 @@ NOTIFY_RETRY = RetryPolicy(
 )
 CONTINUE_AS_NEW_AFTER = 200
 """Operations before the history is started afresh (each lock adds a handful of events)."""
+OWN_QUEUE_PATCH = "guardian-own-task-queue"
+"""A Guardian started on the approvals' task queue moves to its own (continue-as-new)."""
+MOVE_SIGNAL = "move_to_own_queue"
+"""Sent by each worker as it starts: a Guardian still on the approvals' queue moves to its own.
+Unsigned on purpose: all it can do is continue the workflow as new on the queue it belongs on."""
+GUARDIAN_QUEUE_SUFFIX = "-guardian"
+
+
+def guardian_task_queue(task_queue: str) -> str:
+    """The Guardian's own task queue for the gateway on ``task_queue`` (the approvals' queue):
+    its workflow and the cascade's activities run there, on a worker of their own, so thousands
+    of approvals waiting on ``task_queue`` never delay a lock. The one place the name is made."""
+    return f"{task_queue}{GUARDIAN_QUEUE_SUFFIX}"
+
+
+def approvals_task_queue(workflow_id: str) -> str:
+    """The approvals' task queue a Guardian workflow id belongs to (its id names it)."""
+    return workflow_id.removeprefix(guardian_workflow_id(""))
 
 
 def _fail(error: ErrorCode, message: str) -> NoReturn:
@@ -61,13 +80,18 @@ class GuardianWorkflow:
         # (fan-out, summary, whether the pending are rejected in batches after the lock)
         self._fan_outs: list[tuple[GuardianFanOut, GuardianCascadeSummary, bool]] = []
         self._operations = 0
+        self._move_asked = False
 
     @workflow.run
     async def run(self, carried: GuardianCarry | None = None) -> None:
         """Work through fan-outs as locks queue them; start afresh now and then."""
         while True:
             await workflow.wait_condition(
-                lambda: bool(self._fan_outs) or self._operations >= CONTINUE_AS_NEW_AFTER
+                lambda: (
+                    bool(self._fan_outs)
+                    or self._operations >= CONTINUE_AS_NEW_AFTER
+                    or self._move_asked
+                )
             )
             while self._fan_outs:
                 fan_out, summary, in_batches = self._fan_outs.pop(0)
@@ -95,11 +119,33 @@ class GuardianWorkflow:
                     start_to_close_timeout=NOTIFY_TIMEOUT,
                     retry_policy=NOTIFY_RETRY,
                 )
+            # Only histories with the move signal reach the patch (older ones never asked).
+            home = self._home() if self._move_asked else None
+            self._move_asked = False
+            if home is not None and workflow.patched(OWN_QUEUE_PATCH):
+                # Started before the Guardian had its own queue: a run's task queue is fixed,
+                # so carry on as a new run there (locks wait on the handlers' lock meanwhile).
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._fan_outs
+                )
+                workflow.continue_as_new(GuardianCarry(seen=self._seen.entries), task_queue=home)
             if self._operations >= CONTINUE_AS_NEW_AFTER:
                 await workflow.wait_condition(
                     lambda: workflow.all_handlers_finished() and not self._fan_outs
                 )
                 workflow.continue_as_new(GuardianCarry(seen=self._seen.entries))
+
+    @workflow.signal(name=MOVE_SIGNAL)
+    def move_to_own_queue(self) -> None:
+        """Move to the Guardian's own task queue if this run is elsewhere (see ``MOVE_SIGNAL``)."""
+        self._move_asked = True
+
+    @staticmethod
+    def _home() -> str | None:
+        """The Guardian's own task queue when this run is on another one, else None."""
+        info = workflow.info()
+        home = guardian_task_queue(approvals_task_queue(info.workflow_id))
+        return None if info.task_queue == home else home
 
     @workflow.update
     async def lock(self, command: GuardianCommand) -> GuardianStatus:

@@ -4,8 +4,15 @@ pending, no acceptance after the acknowledgement, unlock, and a lock that surviv
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +29,8 @@ from tests.api.conftest import Api, auth, start_api
 from tests.api.test_approvals_api import assert_error, create, proposal_body
 from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.temporal_fixtures import start_gateway, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def blocked() -> float:
@@ -233,3 +242,108 @@ async def test_the_lock_survives_a_worker_and_api_restart(
             assert_error(response, 423, "SEC-020")
             await unlock(api)
             await create(api)
+
+
+def _tamper_file(database: Path, trade_id: str) -> None:
+    """Someone with the database file (not the keys) cuts one pending approval's risk."""
+    with sqlite3.connect(database) as connection:
+        changed = connection.execute(
+            "UPDATE hitl_approvals SET risk_pct = 0.1 WHERE trade_id IN (?, ?)",
+            (trade_id, UUID(trade_id).hex),
+        ).rowcount
+    assert changed == 1
+
+
+def _audit_verify(database_url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``hitl audit verify`` as an auditor runs it (``python -m launcher``, the console
+    script's module, from the repository root)."""
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", "audit", "verify", "--url", database_url],
+        cwd=REPO,
+        env={**os.environ, "HITL_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+async def test_a_tampered_pending_approval_is_rejected_unsealed_with_an_alert(
+    api: Api, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A pending approval altered in the database file is rejected by the lock too (reason
+    GUARDIAN_LOCK), with a security alert and an ``approval.integrity_failure`` entry; its row
+    is not resealed, so ``hitl audit verify`` still reports the tampering."""
+    sound = (await create(api))["trade_id"]
+    altered = (await create(api))["trade_id"]
+    before = (await rows(api))[altered]
+    assert (await asyncio.to_thread(_audit_verify, sqlite_url, tmp_path)).returncode == 0
+    _tamper_file(Path(sqlite_url.removeprefix("sqlite+aiosqlite:///")), altered)
+
+    await lock(api)  # returns once nothing is pending any more
+
+    stored = await rows(api)
+    row = stored[altered]
+    assert (row.status, row.decision_reason, row.decision_channel) == (
+        "REJECTED",
+        "GUARDIAN_LOCK",
+        "SYSTEM",
+    )
+    assert row.comment is not None and "Guardian locked by admin" in row.comment
+    assert "integrity" in row.comment
+    # Left as found: the forged value, and the MAC the gateway last wrote (not a new one).
+    assert row.risk_pct == Decimal("0.1")
+    assert (row.mac, row.mac_key_id, row.row_hash) == (
+        before.mac,
+        before.mac_key_id,
+        before.row_hash,
+    )
+    assert (stored[sound].status, stored[sound].decision_reason) == ("REJECTED", "GUARDIAN_LOCK")
+    async with api.gw.sessions() as session:
+        entries = (
+            (await session.execute(select(AuditRow).where(AuditRow.target_id == altered)))
+            .scalars()
+            .all()
+        )
+    failure = [e for e in entries if e.action == "approval.integrity_failure"]
+    assert len(failure) == 1
+    assert failure[0].error_code == "SEC-080"
+    assert failure[0].actor_id == "admin"
+    assert failure[0].new_state == "REJECTED"
+    assert failure[0].record_mac == before.mac
+    assert '"found_row"' in str(failure[0].payload) or "found_row" in failure[0].payload
+    await wait_until(
+        lambda: (
+            [(str(a.trade_id), a.error_code) for a in api.gw.notifier.alerts]
+            == [(altered, "SEC-080")]
+        )
+    )
+    # One summary counts both.
+    await wait_until(lambda: len(api.gw.notifier.cascades) == 1)
+    assert api.gw.notifier.cascades[0].rejected == 2
+    # The auditor's check still names the altered approval.
+    verified = await asyncio.to_thread(_audit_verify, sqlite_url, tmp_path)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "approval differs from its trail" in verified.stdout
+    assert altered in verified.stdout
+    # It cannot be decided while locked, nor after: its workflow (not told, so as not to
+    # restore the row while the lock stands) then finds the row altered and ends it SEC-080.
+    response = await api.http.post(f"/api/hitl/{altered}/approve", json={}, headers=auth("alice"))
+    assert_error(response, 423, "SEC-020")
+    await unlock(api)
+    response = await api.http.post(f"/api/hitl/{altered}/approve", json={}, headers=auth("alice"))
+    assert response.json()["error_code"] == "SEC-080", response.text
+    row = (await rows(api))[altered]
+    assert (row.status, row.decision_reason) == ("REJECTED", "INTEGRITY_FAILURE")
+    async with api.gw.sessions() as session:
+        findings = (
+            await session.execute(
+                select(AuditRow.actor_id, AuditRow.error_code)
+                .where(
+                    AuditRow.target_id == altered, AuditRow.action == "approval.integrity_failure"
+                )
+                .order_by(AuditRow.seq)
+            )
+        ).all()
+    # The trail keeps both findings, the Guardian's first.
+    assert [tuple(f) for f in findings] == [("admin", "SEC-080"), ("system", "SEC-080")]
