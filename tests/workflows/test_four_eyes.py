@@ -16,12 +16,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from hitl.decisions import four_eyes_held
 from hitl.errors import ErrorCode, HITLError
-from hitl.messages import DecisionCommand
+from hitl.messages import DecisionCommand, GuardianCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from store.audit_record import verify_record
 from store.integrity import record_keys
 from store.tables import ApprovalRow, AuditRow, EventRow, approval_from_row
 from tests.temporal_fixtures import Gateway, make_proposal, start_gateway, wait_until
+from workflows.client import GuardianClient
 
 THRESHOLD = Decimal("2.0")
 HIGH_RISK = Decimal("2.5")
@@ -255,3 +256,27 @@ async def test_the_requester_may_not_approve_its_own_trade(four_eyes: Gateway) -
         await handle.approve(command("alice"))
     assert refused.value.error is ErrorCode.UNAUTHORISED_OPERATOR
     assert (await stored(four_eyes, trade_id)).approvers == ()
+
+
+async def test_a_guardian_lock_after_one_approval_rejects_it_keeping_the_approver(
+    four_eyes: Gateway,
+) -> None:
+    trade_id = await request(four_eyes)
+    handle = four_eyes.client.approval(trade_id)
+    await handle.approve(command("alice"))
+    guardian = GuardianClient(four_eyes.env.client, task_queue=four_eyes.task_queue)
+    await guardian.lock(GuardianCommand(reason="drawdown", by="admin", correlation_id="c-lock"))
+    try:
+        final = await handle.outcome()
+        assert (final.status, final.decision_reason) == (
+            TradeStatus.REJECTED,
+            DecisionReason.GUARDIAN_LOCK,
+        )
+        assert final.approvers == ("alice",)
+        assert (await stored(four_eyes, trade_id)).approvers == ("alice",)
+        with pytest.raises(HITLError) as refused:
+            await handle.approve(command("bob"))
+        assert refused.value.error is ErrorCode.GUARDIAN_LOCKED
+        assert await record_intact(four_eyes)
+    finally:
+        await guardian.unlock(GuardianCommand(by="admin", correlation_id="c-unlock"))
