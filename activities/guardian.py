@@ -23,6 +23,7 @@ from hitl.messages import (
     SecurityAlertInput,
     workflow_id_for,
 )
+from hitl.models import ApprovalRequest
 from hitl.signing import CommandAction, CommandSigner
 from store.engine import Sessions
 from store.guardian import (
@@ -34,6 +35,8 @@ from store.guardian import (
 
 log = structlog.get_logger(__name__)
 
+NOTICE_CONCURRENCY = 10
+"""Approval messages edited at once after a lock (Discord limits edits per channel)."""
 SIGNAL_CONCURRENCY = 100
 """Signals in flight at once during a fan-out (about 2 s for 1,000 on the dev server)."""
 
@@ -121,6 +124,7 @@ class GuardianActivities:
                 await self._alert_tampered(notice, trade_id)
             count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
             await self._tell(notice, batch.rejected)
+            await self._end_messages(notice, batch.decided, progress=(after_id, total))
             after_id = batch.last_id
             total += len(batch.rejected) + len(batch.tampered)
             activity.heartbeat(after_id, total)
@@ -134,6 +138,41 @@ class GuardianActivities:
             rejected=total,
         )
         return total
+
+    async def _end_messages(
+        self,
+        notice: GuardianLockNotice,
+        decided: list[ApprovalRequest],
+        *,
+        progress: tuple[int, int],
+    ) -> None:
+        """Show each rejection on its approval's message (Discord: the message is edited, its
+        buttons removed, not deleted); the workflows do not send this notice for a Guardian
+        rejection, so one lock does not fan out twice. Best effort: a notifier that fails (a
+        Discord outage) is logged and the cascade goes on; the summary still follows."""
+        semaphore = asyncio.Semaphore(NOTICE_CONCURRENCY)
+        failed = 0
+
+        async def one(approval: ApprovalRequest) -> None:
+            nonlocal failed
+            async with semaphore:
+                try:
+                    await self._notifier.approval_decided(approval)
+                except Exception:  # one message left showing buttons that no longer work
+                    failed += 1
+                # Alive while Discord paces the edits; a retry resumes before this batch.
+                activity.heartbeat(*progress)
+
+        await asyncio.gather(*(one(a) for a in decided))
+        if failed:
+            log.warning(
+                "approval messages not ended after a Guardian lock",
+                correlation_id=notice.correlation_id,
+                actor="worker",
+                action="guardian.cascade",
+                result="notify_failed",
+                failed=failed,
+            )
 
     async def _alert_tampered(self, notice: GuardianLockNotice, trade_id: UUID) -> None:
         """The security alert for a pending approval the cascade rejected although (because)

@@ -7,7 +7,7 @@ decision and a lock never interleave on PostgreSQL; SQLite has one writer anyway
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -251,6 +251,9 @@ class RejectedBatch:
     would restore the row from the workflow's copy and seal it, hiding the tampering)."""
     last_id: int
     """The highest row id looked at (the next batch starts after it); 0 when none."""
+    decided: list[ApprovalRequest] = field(default_factory=list)
+    """The approvals as this batch rejected them (those whose row made a record), for the
+    operators' notices."""
 
 
 async def reject_pending_batch(
@@ -284,6 +287,7 @@ async def reject_pending_batch(
         )
         rejected: list[UUID] = []
         tampered: list[UUID] = []
+        decided: list[ApprovalRequest] = []
         for row in pending:
             approval = _read(row)
             if approval is None or not await approval_intact(session, row, approval):
@@ -291,11 +295,22 @@ async def reject_pending_batch(
                     session, row, approval, guardian=guardian, at=now
                 )
                 tampered.append(row.trade_id)
+                if approval is not None:
+                    decided.append(
+                        guardian_rejection(
+                            approval,
+                            at=now,
+                            locked_by=guardian.changed_by or SYSTEM_ACTOR,
+                            reason=guardian.reason,
+                        )
+                    )
                 continue
-            await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
+            decided.append(
+                await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
+            )
             rejected.append(approval.trade_id)
         last_id = pending[-1].id if pending else after_id
-    return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id)
+    return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id, decided=decided)
 
 
 def _read(row: ApprovalRow) -> ApprovalRequest | None:

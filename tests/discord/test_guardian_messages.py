@@ -1,0 +1,87 @@
+"""After a Guardian lock (issue 16 item 4), against the local fake of Discord's REST API: every
+pending approval's message is edited to show the rejection, its buttons gone (not deleted), and
+one summary notice is posted for the whole cascade."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import discord
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.testing import WorkflowEnvironment
+
+from hitl.messages import GuardianCommand
+from tests.discord.fake_discord import FakeDiscord
+from tests.discord.test_discord import MESSAGES, Rig, custom_ids, running_rig
+from tests.temporal_fixtures import wait_until
+from workflows.client import GuardianClient
+
+CASCADE_TITLE = "Guardian lock: trading halted"
+
+
+@pytest.fixture(autouse=True)
+def _restore_discord_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notifier points discord.py's process-wide base URL at the fake; undo it after."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    """The fake Discord, serving on a free loopback port."""
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def rig(
+    dev_env: WorkflowEnvironment,
+    sqlite_sessions: async_sessionmaker[AsyncSession],
+    fake: FakeDiscord,
+) -> AsyncIterator[Rig]:
+    async with running_rig(dev_env, sqlite_sessions, fake) as running:
+        yield running
+
+
+def summaries(rig: Rig) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in rig.fake.channel_messages()
+        if m["embeds"] and m["embeds"][0].get("title") == CASCADE_TITLE
+    ]
+
+
+async def test_a_lock_ends_each_pending_message_and_posts_one_summary(rig: Rig) -> None:
+    pending = [await rig.request(instrument) for instrument in ("EUR/USD", "BTC-USD", "ETH-USD")]
+    for _, message in pending:
+        assert custom_ids(message)  # live buttons before the lock
+    posted_before = len(rig.fake.requests("POST", MESSAGES))
+
+    guardian = GuardianClient(rig.env.client, task_queue=rig.task_queue)
+    await guardian.lock(
+        GuardianCommand(reason="Daily drawdown limit reached", by="admin", correlation_id="c-1")
+    )
+
+    def ended() -> bool:
+        messages = [rig.message_of(approval) for approval, _ in pending]
+        return all(m is not None and m["components"] == [] for m in messages)
+
+    await wait_until(ended, timeout=60)
+    await wait_until(lambda: len(summaries(rig)) == 1, timeout=60)
+    for approval, original in pending:
+        edited = rig.message_of(approval)
+        assert edited is not None
+        # The same message, edited: still in the channel, showing the rejection.
+        assert edited["id"] == original["id"]
+        assert edited["components"] == []
+        assert edited["embeds"], edited
+        assert "Guardian" in str(edited["embeds"][0]), edited["embeds"][0]
+    summary = summaries(rig)[0]
+    assert summary["embeds"][0]["description"] == "Daily drawdown limit reached"
+    # Nothing else was posted: one summary, no message per approval, none deleted.
+    assert len(rig.fake.requests("POST", MESSAGES)) == posted_before + 1
+    assert rig.fake.requests("DELETE", MESSAGES + r"/\d+") == []
+    await guardian.unlock(GuardianCommand(by="admin", correlation_id="c-2"))
