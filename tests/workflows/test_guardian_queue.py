@@ -8,6 +8,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from hitl.errors import ErrorCode
 from hitl.keys import KeyPurpose, KeyringFile
@@ -19,6 +20,7 @@ from tests.temporal_fixtures import Gateway, start_gateway, wait_until
 from tests.workflows.test_trust_boundary import expect_refusal
 from worker import move_guardian_to_own_queue
 from workflows.client import GuardianClient
+from workflows.connection import gateway_data_converter
 from workflows.guardian import GuardianWorkflow, guardian_task_queue
 
 REPLAYED = ErrorCode.COMMAND_EXPIRED
@@ -95,6 +97,13 @@ async def test_a_guardian_on_the_approvals_queue_moves_to_its_own(
         home = guardian_task_queue(gw.task_queue)
         await wait_until(lambda: _on(handle, home), timeout=HANG_GUARD)
         assert (await handle.describe()).run_id != first_run
+        # The moved run's history (locks, the signal, the patch, continue-as-new) replays.
+        history = await client.get_workflow_handle(workflow_id, run_id=first_run).fetch_history()
+        replayer = Replayer(
+            workflows=[GuardianWorkflow], data_converter=gateway_data_converter(get_settings())
+        )
+        replayed = await replayer.replay_workflow(history)
+        assert replayed.replay_failure is None
         # A second start of a worker changes nothing: the Guardian is home.
         moved_run = (await handle.describe()).run_id
         await move_guardian_to_own_queue(client, gw.task_queue)
