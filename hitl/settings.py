@@ -10,12 +10,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl.errors import ConfigurationError
 from hitl.messages import ApprovalPolicy
 from hitl.models import Price
+
+
+def _optional_percent(value: Any) -> Any:
+    """``2``, ``2.0`` or ``2%``; empty (compose passes an unset variable as "") is unset."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%").strip()
+        return value or None
+    return value
 
 
 class HITLSettings(BaseSettings):
@@ -45,7 +60,9 @@ class HITLSettings(BaseSettings):
     escalate_at: Annotated[Decimal, Field(ge=0, lt=100)] = Decimal(80)
     """When an undecided approval is escalated, in percent of its window (``HITL_ESCALATE_AT``;
     0 for never)."""
-    four_eyes_risk_pct: Annotated[Decimal | None, Field(ge=0, lt=100)] = None
+    four_eyes_risk_pct: Annotated[
+        Decimal | None, Field(ge=0, lt=100), BeforeValidator(_optional_percent)
+    ] = None
     """Above this risk (``HITL_FOUR_EYES_RISK_PCT``, e.g. ``2.0`` or ``2%``: strictly above) an
     approval needs two different operators; unset or empty: one operator always suffices. The
     worker's setting decides, never the caller's (it travels in the worker's policy)."""
@@ -69,14 +86,6 @@ class HITLSettings(BaseSettings):
     @classmethod
     def _percent(cls, value: Any) -> Any:
         return value.strip().removesuffix("%").strip() if isinstance(value, str) else value
-
-    @field_validator("four_eyes_risk_pct", mode="before")
-    @classmethod
-    def _optional_percent(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().removesuffix("%").strip()
-            return value or None  # compose passes an unset variable as ""
-        return value
 
 
 class DatabaseSettings(BaseSettings):
