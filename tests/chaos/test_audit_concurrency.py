@@ -3,8 +3,8 @@ PostgreSQL, every approval requested and decided over HTTP at once — by differ
 rejected, some double-clicked, some raced by two operators deciding differently — and afterwards
 ``hitl audit verify`` exits 0 and every approval has exactly one decision.
 
-Each approval costs the stack about 0.4 s of CPU: ``make test`` runs 120 decisions, ``make chaos``
-(the ``chaos`` marker) the issue's 1,000.
+Each approval costs the stack about 0.4 s of CPU: ``make test`` runs 60 decisions (16 in flight at
+once, every kind of race), ``make chaos`` (the ``chaos`` marker) the issue's 1,000.
 """
 
 from __future__ import annotations
@@ -360,10 +360,10 @@ async def _run(stack: ChaosStack, count: int) -> None:
 
 
 @pytest.mark.timeout(900)
-async def test_a_hundred_and_twenty_concurrent_decisions_leave_an_intact_record(
+async def test_sixty_concurrent_decisions_leave_an_intact_record(
     two_worker_stack: ChaosStack,
 ) -> None:
-    await _run(two_worker_stack, 120)
+    await _run(two_worker_stack, 60)
 
 
 @pytest.mark.chaos
