@@ -5,9 +5,12 @@ operators; the first approval is recorded while the approval keeps waiting."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -280,3 +283,21 @@ async def test_a_guardian_lock_after_one_approval_rejects_it_keeping_the_approve
         assert await record_intact(four_eyes)
     finally:
         await guardian.unlock(GuardianCommand(by="admin", correlation_id="c-unlock"))
+
+
+def test_four_eyes_histories_are_committed_for_the_replay_test() -> None:
+    # tests/workflows/test_replay.py replays every committed history; these hold the four-eyes
+    # path (its patch marker, a first approval, then acceptance, rejection or expiry).
+    folder = Path(__file__).parent / "histories"
+    for path in ("accept", "reject", "expire"):
+        history = json.loads((folder / f"four-eyes-{path}-v6.json").read_text())
+        patches = [
+            json.loads(base64.b64decode(payload["data"]))["id"]
+            for event in history["events"]
+            if event["eventType"] == "EVENT_TYPE_MARKER_RECORDED"
+            for payload in event["markerRecordedEventAttributes"]
+            .get("details", {})
+            .get("patch-data", {})
+            .get("payloads", [])
+        ]
+        assert "four-eyes" in patches, path
