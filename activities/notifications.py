@@ -170,7 +170,7 @@ class NotificationActivities:
         await record_notice(
             self._sessions,
             approval=approval,
-            action=f"approval.{data.kind.value}",
+            action=data.kind.audit_action,
             event_type=data.kind.event_type,
             key=f"{approval.trade_id}:{data.kind.value}",
             payload={"at_percent": str(data.at_percent), "due_at": data.due_at.isoformat()},

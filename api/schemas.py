@@ -122,6 +122,9 @@ class PendingApproval(BaseModel):
     approvers: list[str] = []
     """The operators who approved so far when it needs two (four eyes above the worker's
     ``HITL_FOUR_EYES_RISK_PCT``): one while it waits for a second, different operator."""
+    escalated: bool = False
+    """Still undecided at ``HITL_ESCALATE_AT`` of its window, so escalated to the operators
+    (the page's badge; the ``hitl.escalated`` event says it live)."""
 
 
 class ApprovalDetail(BaseModel):

@@ -228,6 +228,11 @@ class ReminderKind(StrEnum):
         """Its outbox event (``hitl.reminded``, ``hitl.escalated``), which the page reacts to."""
         return "hitl.reminded" if self is ReminderKind.REMINDER else "hitl.escalated"
 
+    @property
+    def audit_action(self) -> str:
+        """Its audit entry's action (``approval.reminder``, ``approval.escalation``)."""
+        return f"approval.{self.value}"
+
 
 class ReminderInput(_Message):
     """Remind (or escalate to) the operators of an approval still undecided at ``due_at``."""

@@ -30,6 +30,7 @@ from hitl.messages import (
     RecordRequestInput,
     RecordSnapshotInput,
     RecordTransitionInput,
+    ReminderKind,
 )
 from hitl.models import (
     ApprovalRequest,
@@ -53,6 +54,7 @@ from store.integrity import (
 )
 from store.tables import (
     ApprovalRow,
+    AuditRow,
     PostTradeSnapshotRow,
     approval_from_row,
     sealed,
@@ -622,6 +624,8 @@ class PendingRecord:
     integrity_ok: bool
     approvers: list[str]
     """The operators who approved so far, when it needs two (four eyes)."""
+    escalated: bool = False
+    """An escalation was sent (``HITL_ESCALATE_AT``): the page badges it, also after a reload."""
 
 
 async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
@@ -633,7 +637,9 @@ async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
     )
     pending = []
     legacy = await legacy_approval_last_id(session)
-    for row in rows.scalars():
+    found = list(rows.scalars())
+    escalated = await _escalated(session, [str(row.trade_id) for row in found])
+    for row in found:
         _, sound = _verified(row, legacy_last_id=legacy)
         pending.append(
             PendingRecord(
@@ -649,9 +655,28 @@ async def pending_approvals(session: AsyncSession) -> list[PendingRecord]:
                 correlation_id=row.correlation_id,
                 integrity_ok=sound,
                 approvers=list(row.approvers or ()),
+                escalated=str(row.trade_id) in escalated,
             )
         )
     return pending
+
+
+async def _escalated(session: AsyncSession, trade_ids: list[str]) -> set[str]:
+    """Those of ``trade_ids`` whose escalation was sent: its audit entry is the record of it
+    (``store/notices.py``). Asked in chunks, within every driver's limit on parameters."""
+    found: set[str] = set()
+    for start in range(0, len(trade_ids), _IN_CHUNK):
+        rows = await session.execute(
+            select(AuditRow.target_id).where(
+                AuditRow.action == ReminderKind.ESCALATION.audit_action,
+                AuditRow.target_id.in_(trade_ids[start : start + _IN_CHUNK]),
+            )
+        )
+        found.update(rows.scalars())
+    return found
+
+
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -556,6 +556,8 @@ async function refreshPending() {
     const rows = new Map();
     for (const approval of pending) {
       if (!state.finished.has(approval.trade_id)) rows.set(approval.trade_id, approval);
+      // Escalated before this page (re)loaded: badged as if the event had been seen.
+      if (approval.escalated) state.escalated.add(approval.trade_id);
     }
     for (const [tradeId, approval] of state.createdDuringFetch) {
       if (!state.finished.has(tradeId)) rows.set(tradeId, { ...rows.get(tradeId), ...approval });

@@ -79,3 +79,14 @@ async def test_a_pending_approval_links_to_temporal_and_is_badged_when_escalated
     await expect(badge).to_have_text("Escalated")
     await expect(page.locator("#announcer")).to_have_text(re.compile("^Escalated: EUR/USD BUY"))
     await screen.shot("escalated")
+
+    # Reloaded, the page learns it from /pending (the event was streamed before the reload).
+    await page.reload()
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await expect(screen.row(trade_id).locator(".escalated-badge")).to_be_visible()
+    pending = (
+        await http.get("/api/hitl/pending", headers={"Authorization": "Bearer alice-token"})
+    ).json()
+    assert [item["escalated"] for item in pending["items"] if item["trade_id"] == trade_id] == [
+        True
+    ]
