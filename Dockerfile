@@ -30,4 +30,4 @@ USER 10001:10001
 
 EXPOSE 8000 9464
 
-CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "65536"]

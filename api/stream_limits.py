@@ -13,6 +13,10 @@ MAX_CONNECTIONS_PER_PRINCIPAL = 5
 """Open streams one principal may hold in one API process (a few tabs, a bot and its restarts)."""
 MAX_CLIENT_MESSAGE_BYTES = 4096
 """The largest message a client may send (clients send only their token, once)."""
+WS_MAX_FRAME_BYTES = 65_536
+"""uvicorn's ``--ws-max-size`` wherever the API runs (``hitl run``, the Dockerfile, compose): the
+protocol layer closes a connection sending a bigger message (1009) before buffering it, where
+uvicorn's default would read up to 16 MiB before the check above could refuse it."""
 AUTH_TIMEOUT_SECONDS = 5.0
 """How long a connection may stay open before its first message authenticates it."""
 TOKEN_RECHECK_SECONDS = 2.0

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from api.stream_limits import WS_MAX_FRAME_BYTES
 from hitl.errors import ConfigurationError
 from hitl.keys import ensure_keyrings
 from hitl.logs import configure_logging
@@ -140,6 +141,8 @@ async def _start_everything(
             settings.api.host,
             "--port",
             str(settings.api.port),
+            "--ws-max-size",
+            str(WS_MAX_FRAME_BYTES),
         ],
         stop_seconds=10,
     )

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings
 
 import hitl.metrics
 from api.routes import health
+from api.stream_limits import WS_MAX_FRAME_BYTES
 from hitl.settings import Settings, WorkerSettings, known_variables
 from launcher.cli import build_parser
 
@@ -528,6 +529,8 @@ def test_commands_run_modules_that_exist(services: dict[str, dict[str, Any]], na
         path = _module_file(module)
         assert path.exists(), f"{name} serves {module}, which is missing"
         assert attribute in _top_level_names(ast.parse(path.read_text(encoding="utf-8")))
+        # The WebSocket frame cap `hitl run` also gives uvicorn (api/stream_limits.py).
+        assert argv[argv.index("--ws-max-size") + 1] == str(WS_MAX_FRAME_BYTES), name
     else:
         pytest.fail(f"{name} runs {argv}: teach this test how to check it")
 

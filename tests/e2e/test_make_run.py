@@ -24,8 +24,11 @@ from typing import IO, Any
 
 import httpx
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 
 from activities.market_providers import SimulatedMarketData
+from api.stream_limits import WS_MAX_FRAME_BYTES
 from launcher.banner import READY_LINE
 from launcher.dev_defaults import TOKENS_FILE
 
@@ -232,6 +235,18 @@ def test_run_approves_stops_on_ctrl_c_and_resumes(setup: Setup, tmp_path: Path) 
             assert answer.status_code == 200, answer.text
             assert answer.json()["status"] == "ACCEPTED"
             waiting = _create(http, tokens["bot-1"])
+        # uvicorn itself refuses a WebSocket message past --ws-max-size (1009, message too
+        # big) before the API could buffer it.
+        stream_url = setup.api.replace("http://", "ws://", 1) + "/ws/hitl"
+        with websockets.sync.client.connect(stream_url) as stream:
+            stream.send("x" * (WS_MAX_FRAME_BYTES + 1))
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                stream.recv(timeout=20)
+        refusal = closed.value.rcvd
+        assert refusal is not None and refusal.code == 1009
+        # Said by the protocol layer ("frame exceeds limit of 65536 bytes"): the API's own check
+        # closes with 1009 too, but without a reason, and only after reading the message.
+        assert str(WS_MAX_FRAME_BYTES) in refusal.reason, refusal
         assert first.interrupt() == 0, first.diagnostics()
         stopped = [event["child"] for event in first.supervisor_events("child stopped")]
         assert stopped == ["API", "worker", "Temporal dev server"]
