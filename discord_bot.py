@@ -31,6 +31,7 @@ import discord.gateway
 import structlog
 import yarl
 
+from activities.discord_preview_refresh import PreviewRefresher
 from activities.discord_render import (
     CUSTOM_ID_TEMPLATE,
     NO_MENTIONS,
@@ -44,6 +45,7 @@ from activities.discord_render import (
     refused_text,
 )
 from activities.discord_rest import use_api_base_url
+from activities.market_preview import PreviewQuotes
 from hitl.errors import ConfigurationError, ErrorCode, HITLError
 from hitl.logs import configure_logging
 from hitl.messages import DecisionCommand
@@ -520,13 +522,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
     use_api_base_url(settings.discord.api_base_url)
     engine = create_engine(settings.database_url)
+    previews: PreviewQuotes | None = None
     try:
         # Lazy: Temporal being down when the bot starts is one more thing it waits out.
         temporal = await connect_temporal(settings, lazy=True)
+        sessions = session_factory(engine)
         bot = ApprovalBot(
             DecisionDesk(
                 approvals=ApprovalClient(temporal, task_queue=settings.temporal.task_queue),
-                sessions=session_factory(engine),
+                sessions=sessions,
                 operators=operators,
                 decision_timeout=timedelta(seconds=settings.api.decision_timeout_seconds),
             )
@@ -546,15 +550,26 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             token = settings.discord.bot_token.get_secret_value()
             running = asyncio.create_task(stay_connected(bot, token, settings.discord))
             reporting = asyncio.create_task(report_gateway_status(bot, reconciler))
+            background = [reporting]
+            every = settings.hitl.discord_preview_seconds
+            if every > 0:
+                # The market preview of pending approvals' messages, kept fresh (docs/discord.md).
+                previews = PreviewQuotes.from_settings(settings, sessions)
+                refresher = PreviewRefresher(bot, sessions, previews)
+                background.append(asyncio.create_task(refresher.run(every)))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            await bot.close()
-            for task in (stopping, reporting):
+            # Stopped before the client closes: no refresh runs on a closing HTTP session.
+            for task in (stopping, *background):
                 task.cancel()
+            await bot.close()
+            for task in (stopping, *background):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await running  # A login failure surfaces here.
     finally:
+        if previews is not None:
+            await previews.aclose()
         await engine.dispose()
 
 

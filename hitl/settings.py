@@ -66,6 +66,9 @@ class HITLSettings(BaseSettings):
     """Above this risk (``HITL_FOUR_EYES_RISK_PCT``, e.g. ``2.0`` or ``2%``: strictly above) an
     approval needs two different operators; unset or empty: one operator always suffices. The
     worker's setting decides, never the caller's (it travels in the worker's policy)."""
+    discord_preview_seconds: Annotated[int, Field(ge=0)] = 30
+    """How often the Discord bot refreshes the market preview in pending approvals' messages
+    (``HITL_DISCORD_PREVIEW_SECONDS``; 0: never, the preview stays as of posting)."""
     temporal_ui_url: str = ""
     """The Temporal Web UI the page, Discord and the workflow's details link to
     (``HITL_TEMPORAL_UI_URL``; ``make run`` sets its dev server's); empty for no links."""
