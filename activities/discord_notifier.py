@@ -133,7 +133,7 @@ class DiscordNotifier:
                 correlation_id=approval.correlation_id,
             )
             link = deep_link_url(self._hub_url, approval.trade_id, token)
-            # The market at posting; the page shows it live (no edits to keep it fresh here).
+            # The market at posting; the bot keeps it current (discord_preview_refresh).
             preview = await self._previews.preview(approval) if self._previews else None
             embed = approval_embed(
                 approval,

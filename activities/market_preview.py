@@ -3,7 +3,8 @@
 The Discord message shows where the market stands against the requested price when it is drawn
 ("at posting: now 1.1619, +0.06 %"). The quote comes from the worker's market (built from the
 same settings, ``market_from_settings``), bounded in time; a preview that cannot be had is left
-out rather than holding up the notification. The live preview is the operators' page's.
+out rather than holding up the notification. The Discord bot then keeps it current
+(``activities/discord_preview_refresh.py``), as the operators' page does.
 """
 
 from __future__ import annotations
