@@ -1,7 +1,8 @@
 """The slippage preview: what the decision's slippage check would say if an operator approved now.
 
 Operators see it before deciding, refreshed live on the page and in the Discord message (the bot
-redraws it, ``activities/discord_preview_refresh.py``). It is the decision's own arithmetic: the execution price for the trade's side
+redraws it, ``activities/discord_preview_refresh.py``). It is the decision's own arithmetic: the
+execution price for the trade's side
 (``MarketQuote.execution_price``) against the requested price, through ``SlippageGuard`` — so
 "exceeds" here means an approval now would end REJECTED with SLIPPAGE_EXCEEDED, as long as the
 market stays where it is. It is advice, never a decision: the workflow fetches its own quote when
