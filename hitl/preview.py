@@ -2,8 +2,8 @@
 
 Operators see it before deciding, refreshed live on the page and in the Discord message (the bot
 redraws it, ``activities/discord_preview_refresh.py``). It is the decision's own arithmetic: the
-execution price for the trade's side
-(``MarketQuote.execution_price``) against the requested price, through ``SlippageGuard`` — so
+execution price for the trade's side (``MarketQuote.execution_price``) against the requested
+price, through ``SlippageGuard`` — so
 "exceeds" here means an approval now would end REJECTED with SLIPPAGE_EXCEEDED, as long as the
 market stays where it is. It is advice, never a decision: the workflow fetches its own quote when
 the operator approves.
