@@ -74,6 +74,9 @@ class ProblemKind(StrEnum):
     """A genuine entry stands at a place it was not written at (its MAC holds, its link not)."""
     APPROVAL_DIFFERS = "approval differs from its trail"
     """An approval row is not the state its last audit entry recorded (or has no valid MAC)."""
+    SNAPSHOT_DIFFERS = "snapshot differs from its trail"
+    """A post-trade snapshot is not the one its ``snapshot.recorded`` entry recorded: edited,
+    deleted, or present without an entry (inserted)."""
     MISSING_TAIL = "missing tail"
     """The latest entries are gone: a checkpoint (or the head row) recorded a longer chain."""
     CHECKPOINT_MISMATCH = "checkpoint mismatch"
@@ -555,7 +558,73 @@ def check_approval(
     return None
 
 
+def check_snapshot(
+    signer: RecordSigner,
+    snapshot: Mapping[str, Any],
+    *,
+    trade_id: str,
+    trail_mac: str | None,
+    legacy: bool,
+    unsealed: bool = False,
+) -> Finding | None:
+    """A post-trade snapshot row against its MAC and its ``snapshot.recorded`` entry.
+
+    ``snapshot`` holds the row's columns (its id, MAC and key id are read from it, not MAC'd).
+    ``legacy``: recorded before snapshots had entries (migration 0007), so it may lack one;
+    ``unsealed``: recorded before MACs (migration 0004), so it may lack a MAC too. A snapshot
+    that has an entry must equal what the entry recorded, legacy or not.
+    """
+    number = snapshot.get("id")
+    mac, key_id = snapshot.get("mac"), snapshot.get("mac_key_id")
+    if mac is None and unsealed and trail_mac is None:
+        return None
+    result = signer.check(
+        RecordKind.SNAPSHOT, snapshot, mac=mac, key_id=key_id, at=_as_time(snapshot["created_at"])
+    )
+    if result is MacCheck.UNKNOWN_KEY:
+        return Finding(
+            kind=ProblemKind.UNKNOWN_KEY,
+            detail=f"post-trade snapshot {number}: key {key_id!r} is not in the RECORD keyring",
+            target_id=trade_id,
+        )
+    if result is not MacCheck.VALID:
+        detail = (
+            f"post-trade snapshot {number} has no MAC"
+            if result is MacCheck.MISSING
+            else f"post-trade snapshot {number} does not match its MAC (edited)"
+        )
+        return Finding(kind=ProblemKind.SNAPSHOT_DIFFERS, detail=detail, target_id=trade_id)
+    if trail_mac is None:
+        if legacy:
+            return None
+        return Finding(
+            kind=ProblemKind.SNAPSHOT_DIFFERS,
+            detail=f"post-trade snapshot {number} has no audit entry (inserted)",
+            target_id=trade_id,
+        )
+    if not same_digest(trail_mac, mac):
+        return Finding(
+            kind=ProblemKind.SNAPSHOT_DIFFERS,
+            detail=f"post-trade snapshot {number} is not the one its audit entry recorded",
+            target_id=trade_id,
+        )
+    return None
+
+
+def missing_snapshot(trade_id: str, seq: int) -> Finding:
+    """A ``snapshot.recorded`` entry whose snapshot is gone."""
+    return Finding(
+        kind=ProblemKind.SNAPSHOT_DIFFERS,
+        detail="the post-trade snapshot this entry recorded is missing (deleted)",
+        seq=seq,
+        target_id=trade_id,
+    )
+
+
 EXPORT_FORMAT = "hitl-audit-export-v1"
+APPROVAL_TARGET = "approval"
+SNAPSHOT_TARGET = "snapshot"
+"""The target types of the entries an export holds (``store.audit`` writes them)."""
 
 
 def checkpoint_fields(seq: int, chain: str, at: datetime) -> dict[str, Any]:
@@ -657,9 +726,38 @@ def verify_export(data: Mapping[str, Any], keys: RecordKeys) -> ExportCheck:
         )
     approval = data.get("approval")
     trail_mac = next(
-        (e["content"]["record_mac"] for e in reversed(entries) if e["content"].get("record_mac")),
+        (
+            e["content"]["record_mac"]
+            for e in reversed(entries)
+            if e["content"].get("record_mac")
+            and e["content"].get("target_type", APPROVAL_TARGET) == APPROVAL_TARGET
+        ),
         None,
     )
+    recorded = next(
+        (e for e in reversed(entries) if e["content"].get("target_type") == SNAPSHOT_TARGET),
+        None,
+    )
+    snapshot = data.get("snapshot")
+    if snapshot is None and recorded is not None:
+        return ExportCheck(
+            finding=missing_snapshot(trade, int(recorded["seq"])), covered_by=covered_by
+        )
+    if snapshot is not None:
+        finding = check_snapshot(
+            signer,
+            {
+                **snapshot["fields"],
+                "id": snapshot.get("id"),
+                "mac": snapshot.get("mac"),
+                "mac_key_id": snapshot.get("key_id"),
+            },
+            trade_id=trade,
+            trail_mac=None if recorded is None else recorded["content"].get("record_mac"),
+            legacy=bool(snapshot.get("legacy")),
+        )
+        if finding is not None:
+            return ExportCheck(finding=finding, covered_by=covered_by)
     if approval is not None:
         finding = check_approval(
             signer,

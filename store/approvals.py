@@ -41,7 +41,7 @@ from hitl.models import (
 )
 from hitl.record_mac import RecordKind
 from hitl.slippage import snapshot_figures
-from store.audit import AuditEntry, write_audit
+from store.audit import SNAPSHOT_TARGET, AuditEntry, write_audit
 from store.engine import AsyncSession, Sessions
 from store.events import add_event
 from store.guardian import guardian_state, write_guardian_rejection
@@ -583,6 +583,26 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
             await session.flush()
             # Hand back what the columns kept (8 places), as a retry would read it.
             await session.refresh(existing)
+            # Its own entry, in the same transaction and after the row (the head lock comes
+            # last): the verifier checks the snapshot against it, so a snapshot deleted,
+            # replaced or inserted without one is found (docs/audit.md).
+            await write_audit(
+                session,
+                AuditEntry(
+                    actor_id=SYSTEM_ACTOR,
+                    action="snapshot.recorded",
+                    target_type=SNAPSHOT_TARGET,
+                    target_id=approval.trade_id,
+                    correlation_id=approval.correlation_id,
+                    payload={
+                        "snapshot": snapshot_from_row(
+                            existing, trade_id=approval.trade_id
+                        ).model_dump(mode="json")
+                    },
+                    idempotency_key=f"{approval.trade_id}:snapshot",
+                    record_mac=sealed_snapshot.mac,
+                ),
+            )
     return snapshot_from_row(existing, trade_id=approval.trade_id)
 
 

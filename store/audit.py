@@ -27,6 +27,8 @@ from store.tables import AuditChainHeadRow, AuditRow, AuditVerificationRow
 
 APPROVAL_TARGET = "approval"
 GUARDIAN_TARGET = "guardian"
+SNAPSHOT_TARGET = "snapshot"
+"""A post-trade snapshot's entry (``snapshot.recorded``): its target id is the trade's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +38,7 @@ class AuditEntry:
     actor_id: str
     action: str
     target_id: UUID | str
-    """A trade id, or ``"guardian"``."""
+    """A trade id (of an approval or its snapshot), or ``"guardian"``."""
     correlation_id: str
     payload: dict[str, Any] = field(default_factory=dict)
     previous_state: str | None = None
@@ -48,7 +50,7 @@ class AuditEntry:
     target_type: str = APPROVAL_TARGET
     record_mac: str | None = None
     """The MAC of the row as this entry leaves it (an approval's or the Guardian's state
-    change): the verifier checks the row against its last such entry."""
+    change, a snapshot recorded): the verifier checks the row against its last such entry."""
 
 
 def _json_text(payload: str, dialect: str) -> ColumnElement[Any]:

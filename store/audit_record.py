@@ -33,7 +33,9 @@ from hitl.audit_chain import (
     ProblemKind,
     audit_content_text,
     check_approval,
+    check_snapshot,
     genesis_chain,
+    missing_snapshot,
 )
 from hitl.hashing import RowHasher
 from hitl.models import ApprovalRequest
@@ -45,7 +47,7 @@ from hitl.record_mac import (
     RecordSigner,
     canonical_content,
 )
-from store.audit import APPROVAL_TARGET, GUARDIAN_TARGET
+from store.audit import APPROVAL_TARGET, GUARDIAN_TARGET, SNAPSHOT_TARGET
 from store.tables import (
     GUARDIAN_MAC_FIELDS,
     ApprovalRow,
@@ -62,6 +64,7 @@ BATCH = 5000
 """Entries fetched per round trip while streaming."""
 APPROVAL_BATCH = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SNAPSHOT_PREFIX = f"{SNAPSHOT_TARGET}:"
 
 # The payload is read as the text stored (canonical JSON, as the audit writer wrote it) and
 # MAC'd without being parsed: most of the verifier's time would go to parsing and re-rendering it.
@@ -108,6 +111,10 @@ class RecordReport:
     """Entries from before the chain, covered by the genesis digest."""
     legacy_approvals: int = 0
     """Approvals unchanged since before the chain: checked with the unkeyed row hash only."""
+    snapshots: int = 0
+    """Post-trade snapshots checked against their MAC and their audit entry."""
+    legacy_snapshots: int = 0
+    """Snapshots from before migration 0007 (no entry of their own): checked by MAC only."""
     touched: set[str] = field(default_factory=set)
 
     @property
@@ -239,10 +246,15 @@ async def _stream_chain(
                 await result.close()
                 return touched
             if collect and row[_RECORD_MAC] is not None:
-                # Approvals by trade id; the Guardian row by its target name.
-                touched.add(
-                    GUARDIAN_TARGET if row[_TARGET_TYPE] == GUARDIAN_TARGET else row[_TARGET_ID]
-                )
+                # Approvals by trade id; the Guardian row by its target name; snapshots as
+                # "snapshot:<trade id>".
+                target_type = row[_TARGET_TYPE]
+                if target_type == GUARDIAN_TARGET:
+                    touched.add(GUARDIAN_TARGET)
+                elif target_type == SNAPSHOT_TARGET:
+                    touched.add(f"{_SNAPSHOT_PREFIX}{row[_TARGET_ID]}")
+                else:
+                    touched.add(row[_TARGET_ID])
     return touched
 
 
@@ -357,34 +369,167 @@ async def _check_guardian(connection: AsyncConnection, keys: RecordKeys) -> Find
     return None
 
 
-async def _check_snapshots(connection: AsyncConnection, keys: RecordKeys) -> Finding | None:
-    """Each post-trade snapshot against its MAC."""
-    signer = RecordSigner(keys)
-    result = await connection.stream(
-        select(PostTradeSnapshotRow)
-        .where(PostTradeSnapshotRow.mac.is_not(None))
-        .execution_options(yield_per=BATCH)
-    )
-    async for rows in result.partitions():
-        for row in rows:
-            values = dict(row._mapping)
-            check = signer.check(
-                RecordKind.SNAPSHOT,
-                values,
-                mac=values["mac"],
-                key_id=values["mac_key_id"],
-                at=values["created_at"],
-            )
-            if check is not MacCheck.VALID:
-                await result.close()
-                return Finding(
-                    kind=ProblemKind.UNKNOWN_KEY
-                    if check is MacCheck.UNKNOWN_KEY
-                    else ProblemKind.EDITED,
-                    detail=f"post-trade snapshot {values['id']} does not match its MAC",
-                    entry_id=values["id"],
-                )
+def _snapshot_query() -> Select[Any]:
+    # An outer join: a snapshot pointing at no approval is still read (and judged).
+    return select(
+        *PostTradeSnapshotRow.__table__.columns, ApprovalRow.trade_id.label("trade_id")
+    ).outerjoin(ApprovalRow, ApprovalRow.id == PostTradeSnapshotRow.approval_id)
+
+
+def _uuids(trades: Iterable[str]) -> list[UUID]:
+    found = []
+    for trade in trades:
+        try:
+            found.append(UUID(trade))
+        except ValueError:
+            continue
+    return found
+
+
+async def _judge_snapshots(
+    connection: AsyncConnection,
+    signer: RecordSigner,
+    head: AuditChainHeadRow,
+    report: RecordReport,
+    rows: Sequence[Mapping[Any, Any]],
+) -> Finding | None:
+    """Each snapshot row against its MAC and its ``snapshot.recorded`` entry."""
+    trades = [str(row["trade_id"]) for row in rows if row["trade_id"] is not None]
+    trail = await _last_record_macs(connection, SNAPSHOT_TARGET, trades)
+    for row in rows:
+        values = {name: value for name, value in row.items() if name != "trade_id"}
+        trade = "?" if row["trade_id"] is None else str(row["trade_id"])
+        legacy = values["id"] <= head.legacy_snapshot_last_id
+        finding = check_snapshot(
+            signer,
+            values,
+            trade_id=trade,
+            trail_mac=trail.get(trade),
+            legacy=legacy,
+            unsealed=values["id"] <= head.unsealed_snapshot_last_id,
+        )
+        if finding is not None:
+            return finding
+        if legacy and trade not in trail:
+            report.legacy_snapshots += 1
+        else:
+            report.snapshots += 1
     return None
+
+
+async def _entries_have_snapshots(
+    connection: AsyncConnection, entries: Sequence[tuple[int, str]]
+) -> Finding | None:
+    """Each ``snapshot.recorded`` entry (seq, trade id) still has its snapshot."""
+    present = {
+        str(trade)
+        for (trade,) in await connection.execute(
+            select(ApprovalRow.trade_id)
+            .join(PostTradeSnapshotRow, PostTradeSnapshotRow.approval_id == ApprovalRow.id)
+            .where(ApprovalRow.trade_id.in_(_uuids(trade for _seq, trade in entries)))
+        )
+    }
+    for seq, trade in entries:
+        if trade not in present:
+            return missing_snapshot(trade, seq)
+    return None
+
+
+async def _check_snapshots(
+    connection: AsyncConnection,
+    keys: RecordKeys,
+    head: AuditChainHeadRow,
+    report: RecordReport,
+    *,
+    only: Iterable[str] | None = None,
+) -> Finding | None:
+    """The post-trade snapshots against their MACs and their entries, both ways: every snapshot
+    recorded since migration 0007 has its entry, and every entry still has its snapshot.
+
+    ``only`` (the incremental check): the snapshots of these trades, whose entries were just
+    appended, and then the counts of snapshots and of entries, which differ when a snapshot was
+    deleted or inserted without an entry; the whole check then runs to name it.
+    """
+    signer = RecordSigner(keys)
+    if only is not None:
+        wanted = sorted(only)
+        for position in range(0, len(wanted), APPROVAL_BATCH):
+            chunk = wanted[position : position + APPROVAL_BATCH]
+            query = _snapshot_query().where(ApprovalRow.trade_id.in_(_uuids(chunk)))
+            rows = [r._mapping for r in (await connection.execute(query)).all()]
+            finding = await _judge_snapshots(connection, signer, head, report, rows)
+            if finding is None:
+                entries = (
+                    await connection.execute(
+                        select(AuditRow.seq, AuditRow.target_id).where(
+                            AuditRow.target_type == SNAPSHOT_TARGET,
+                            AuditRow.target_id.in_(chunk),
+                            AuditRow.seq.is_not(None),
+                        )
+                    )
+                ).all()
+                finding = await _entries_have_snapshots(connection, [tuple(e) for e in entries])
+            if finding is not None:
+                return finding
+        recorded = (
+            await connection.execute(
+                select(func.count()).where(PostTradeSnapshotRow.id > head.legacy_snapshot_last_id)
+            )
+        ).scalar_one()
+        entered = (
+            await connection.execute(
+                select(func.count()).where(
+                    AuditRow.target_type == SNAPSHOT_TARGET, AuditRow.seq.is_not(None)
+                )
+            )
+        ).scalar_one()
+        if recorded == entered:
+            return None
+        finding = await _check_snapshots(
+            connection, keys, head, RecordReport(finding=None, head=report.head)
+        )
+        return finding or Finding(
+            kind=ProblemKind.SNAPSHOT_DIFFERS,
+            detail=(
+                f"{recorded} post-trade snapshots recorded since migration 0007, "
+                f"but {entered} snapshot entries"
+            ),
+        )
+    last_id = 0
+    while True:
+        query = (
+            _snapshot_query()
+            .where(PostTradeSnapshotRow.id > last_id)
+            .order_by(PostTradeSnapshotRow.id)
+            .limit(APPROVAL_BATCH)
+        )
+        rows = [r._mapping for r in (await connection.execute(query)).all()]
+        if not rows:
+            break
+        last_id = rows[-1]["id"]
+        finding = await _judge_snapshots(connection, signer, head, report, rows)
+        if finding is not None:
+            return finding
+    last_seq = 0
+    while True:
+        entries = (
+            await connection.execute(
+                select(AuditRow.seq, AuditRow.target_id)
+                .where(
+                    AuditRow.target_type == SNAPSHOT_TARGET,
+                    AuditRow.seq.is_not(None),
+                    AuditRow.seq > last_seq,
+                )
+                .order_by(AuditRow.seq)
+                .limit(APPROVAL_BATCH)
+            )
+        ).all()
+        if not entries:
+            return None
+        last_seq = entries[-1][0]
+        finding = await _entries_have_snapshots(connection, [tuple(e) for e in entries])
+        if finding is not None:
+            return finding
 
 
 async def verify_record(
@@ -398,9 +543,11 @@ async def verify_record(
 
     A full check recomputes the genesis, streams every chained entry, compares the head row and
     ``checkpoints``, then every approval against its MAC and last entry, the Guardian row and
-    the snapshots. An incremental check starts at ``start`` (a head verified before, kept
-    outside the database): that position must still hold the same chain value, and only the
-    approvals the new entries changed are checked.
+    every post-trade snapshot against its MAC and its ``snapshot.recorded`` entry (and every
+    such entry against its snapshot). An incremental check starts at ``start`` (a head verified
+    before, kept outside the database): that position must still hold the same chain value,
+    and only the approvals and snapshots the new entries recorded are checked, plus the counts
+    of snapshots and of their entries (a snapshot deleted or inserted without an entry).
     """
     async with engine.connect() as connection:
         await _begin_snapshot(connection)
@@ -432,12 +579,25 @@ async def verify_record(
             report.entries = verifier.checked
             if report.finding is not None:
                 return report
-            approvals = None if start is None else touched - {GUARDIAN_TARGET}
+            snapshots = {
+                t[len(_SNAPSHOT_PREFIX) :] for t in touched if t.startswith(_SNAPSHOT_PREFIX)
+            }
+            approvals = (
+                None
+                if start is None
+                else {
+                    t
+                    for t in touched
+                    if t != GUARDIAN_TARGET and not t.startswith(_SNAPSHOT_PREFIX)
+                }
+            )
             report.finding = await _check_approvals(connection, keys, head, report, only=approvals)
             if report.finding is None and (start is None or GUARDIAN_TARGET in touched):
                 report.finding = await _check_guardian(connection, keys)
-            if report.finding is None and start is None:
-                report.finding = await _check_snapshots(connection, keys)
+            if report.finding is None:
+                report.finding = await _check_snapshots(
+                    connection, keys, head, report, only=None if start is None else snapshots
+                )
             return report
 
 
@@ -473,12 +633,25 @@ def _json_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return rendered
 
 
+def _snapshot_export(row: Mapping[Any, Any], head: AuditChainHeadRow) -> dict[str, Any]:
+    values = {name: value for name, value in row.items() if name != "trade_id"}
+    return {
+        "id": values["id"],
+        "fields": _json_values(values),
+        "mac": values["mac"],
+        "key_id": values["mac_key_id"],
+        # Recorded before snapshots had entries of their own (migration 0007).
+        "legacy": values["id"] <= head.legacy_snapshot_last_id,
+    }
+
+
 async def export_trail(
     engine: AsyncEngine, trade_id: UUID, *, checkpoints: Sequence[Checkpoint] = ()
 ) -> dict[str, Any] | None:
     """One approval's trail as ``hitl audit export`` writes it (None: no entry about it).
 
-    Holds the approval row with its MAC, every chained audit entry about the trade, the chain
+    Holds the approval row with its MAC, its post-trade snapshot (if any) with its MAC, every
+    chained audit entry about the trade (the approval's and the snapshot's), the chain
     links (seq, key id, MAC, chain value) from its first entry to the first checkpoint at or past
     its last one, and that checkpoint (or the head row when no checkpoint covers it yet), so
     :func:`hitl.audit_chain.verify_export` can check it with the RECORD keyring alone.
@@ -493,7 +666,7 @@ async def export_trail(
                 await connection.execute(
                     select(*_ENTRY_COLUMNS)
                     .where(
-                        AuditRow.target_type == APPROVAL_TARGET,
+                        AuditRow.target_type.in_((APPROVAL_TARGET, SNAPSHOT_TARGET)),
                         AuditRow.target_id == str(trade_id),
                         AuditRow.seq.is_not(None),
                     )
@@ -541,6 +714,9 @@ async def export_trail(
                     select(ApprovalRow).where(ApprovalRow.trade_id == trade_id)
                 )
             ).first()
+            snapshot = (
+                await connection.execute(_snapshot_query().where(ApprovalRow.trade_id == trade_id))
+            ).first()
     return {
         "format": EXPORT_FORMAT,
         "trade_id": str(trade_id),
@@ -551,6 +727,7 @@ async def export_trail(
             "mac": approval.mac,
             "key_id": approval.mac_key_id,
         },
+        "snapshot": None if snapshot is None else _snapshot_export(snapshot._mapping, head),
         "entries": entries,
         "start": {"seq": first - 1, "chain": previous},
         "links": links,

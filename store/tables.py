@@ -254,6 +254,11 @@ class AuditChainHeadRow(Base):
     """Entries with this id or lower and no ``seq`` are the genesis's."""
     legacy_approval_last_id: Mapped[int] = mapped_column(BigInteger)
     """Approvals with this id or lower may still lack a MAC (unchanged since the migration)."""
+    legacy_snapshot_last_id: Mapped[int] = mapped_column(BigInteger)
+    """Post-trade snapshots with this id or lower have no audit entry of their own (recorded
+    before migration 0007); every later one must have its ``snapshot.recorded`` entry."""
+    unsealed_snapshot_last_id: Mapped[int] = mapped_column(BigInteger)
+    """Snapshots with this id or lower may lack a MAC (recorded before migration 0004)."""
 
 
 class AuditVerificationRow(Base):

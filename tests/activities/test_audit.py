@@ -23,7 +23,12 @@ from store.checkpoints import checkpoint_path, read_checkpoints
 from store.engine import session_factory
 from store.tables import AuditChainHeadRow
 from tests.store.helpers import stored_approval
-from tests.store.test_audit_record import attack, build_record, decision_of
+from tests.store.test_audit_record import (
+    attack,
+    build_record,
+    build_record_with_snapshot,
+    decision_of,
+)
 
 
 def _broken_gauge() -> float | None:
@@ -91,3 +96,26 @@ async def test_checks_checkpoint_and_alert_once_on_a_break(
     assert "missing tail" in alerts[0]["detail"]
     # Nothing is checkpointed past a break.
     assert len(read_checkpoints(checkpoint_path(tmp_path), keys.current()).checkpoints) == 2
+
+
+async def test_the_continuous_check_names_a_deleted_snapshot(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A snapshot deleted after the check verified its entry: the next incremental check (with
+    nothing new appended) still finds it, as the verifier of ``hitl audit verify`` names it."""
+    sessions = session_factory(engine, writer=True)
+    trades = await build_record_with_snapshot(sessions)
+    keys = KeyringFile(keys_dir_from_environment(), KeyPurpose.RECORD)
+    audit = AuditActivities(
+        engine=engine, sessions=sessions, notifier=ConsoleNotifier(), keys=keys, data_dir=tmp_path
+    )
+    run = ActivityEnvironment().run
+    first = await run(audit.verify_audit_chain, AuditCheckInput())
+    assert first.intact and first.head.seq == 11, first
+    await attack(engine, "DELETE FROM post_trade_snapshots")
+    broken = await run(audit.verify_audit_chain, AuditCheckInput(start=first.head))
+    assert broken.problem == (
+        f"snapshot differs from its trail at seq 11, trade {trades[0].trade_id}:"
+        " the post-trade snapshot this entry recorded is missing (deleted)"
+    )
+    assert _broken_gauge() == 1

@@ -47,7 +47,11 @@ async def create(api: Api, **overrides: Any) -> dict[str, Any]:
 async def audit_actions(api: Api, trade_id: str) -> list[tuple[str, str, str | None]]:
     async with api.gw.sessions() as session:
         rows = await session.execute(
-            select(AuditRow).where(AuditRow.target_id == trade_id).order_by(AuditRow.id)
+            select(AuditRow)
+            # The approval's trail (its snapshot's entry, target type "snapshot", comes a
+            # moment after the decision).
+            .where(AuditRow.target_id == trade_id, AuditRow.target_type == "approval")
+            .order_by(AuditRow.id)
         )
         return [(a.action, a.actor_id, a.error_code) for a in rows.scalars()]
 

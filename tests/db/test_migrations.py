@@ -44,7 +44,7 @@ SQLITE_GUARDS = {
 }
 
 T = TypeVar("T")
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture(params=["empty_postgres_url", "empty_sqlite_url"], ids=["postgresql", "sqlite"])

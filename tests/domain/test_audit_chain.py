@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from hitl.audit_chain import (
     ProblemKind,
     audit_content,
     check_approval,
+    check_snapshot,
     genesis_chain,
     next_link,
     verify_chain,
@@ -531,3 +533,99 @@ def test_the_fast_canonical_form_is_the_row_hashers(
     # A value that holds the splice marker itself cannot confuse it.
     tricky = stored | {"actor_id": "\x000"}
     assert canonical_content(tricky) == RowHasher.canonical_json(values | {"actor_id": "\x000"})
+
+
+# --- post-trade snapshots against their own entry (``snapshot.recorded``) -----------------------
+
+SNAPSHOT_FIELDS = {
+    "approval_id": 7,
+    "bid": Decimal("1.16012000"),
+    "ask": Decimal("1.16031000"),
+    "spread": Decimal("0.00019000"),
+    "mid_price": Decimal("1.16021500"),
+    "response_latency_ms": Decimal("42.50000000"),
+    "price_deviation_pct": Decimal("0.01853000"),
+    "correlation_id": "corr-snap",
+    "created_at": NOW,
+}
+
+
+def _snapshot(**changes: Any) -> tuple[dict[str, Any], str]:
+    """A stored snapshot row (id, MAC, key id) and the MAC its entry recorded."""
+    sealed = RecordSigner(KEYS).seal(RecordKind.SNAPSHOT, SNAPSHOT_FIELDS)
+    row = {**SNAPSHOT_FIELDS, "id": 3, "mac": sealed.mac, "mac_key_id": sealed.key_id}
+    return row | changes, sealed.mac
+
+
+def _check(row: dict[str, Any], trail_mac: str | None, **flags: bool) -> Finding | None:
+    return check_snapshot(
+        RecordSigner(KEYS), row, trade_id="t-1", trail_mac=trail_mac, legacy=False, **flags
+    )
+
+
+def test_a_snapshot_matching_its_entry_verifies() -> None:
+    row, trail = _snapshot()
+    assert _check(row, trail) is None
+    # The surrogate id is not MAC'd: a row renumbered still matches its entry.
+    assert _check(row | {"id": 99}, trail) is None
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(SNAPSHOT_FIELDS)))
+def test_an_edited_snapshot_is_named(name: str) -> None:
+    row, trail = _snapshot()
+    finding = _check(row | {name: _other_value(row[name])}, trail)
+    assert finding is not None
+    assert finding.kind is ProblemKind.SNAPSHOT_DIFFERS
+    assert finding.describe() == (
+        "snapshot differs from its trail at trade t-1: "
+        "post-trade snapshot 3 does not match its MAC (edited)"
+    )
+
+
+def test_a_snapshot_without_its_entry_is_an_insertion_unless_from_before_entries() -> None:
+    row, _trail = _snapshot()
+    finding = _check(row, None)
+    assert finding is not None and finding.kind is ProblemKind.SNAPSHOT_DIFFERS
+    assert finding.detail == "post-trade snapshot 3 has no audit entry (inserted)"
+    legacy = check_snapshot(RecordSigner(KEYS), row, trade_id="t-1", trail_mac=None, legacy=True)
+    assert legacy is None
+    # A legacy snapshot edited is still caught by its MAC.
+    edited = check_snapshot(
+        RecordSigner(KEYS),
+        row | {"bid": Decimal("1.15")},
+        trade_id="t-1",
+        trail_mac=None,
+        legacy=True,
+    )
+    assert edited is not None and edited.kind is ProblemKind.SNAPSHOT_DIFFERS
+
+
+def test_a_snapshot_must_be_the_one_its_entry_recorded() -> None:
+    # Another genuine snapshot (its own valid MAC) in place of the one the entry recorded.
+    _row, trail = _snapshot()
+    sealed = RecordSigner(KEYS).seal(RecordKind.SNAPSHOT, SNAPSHOT_FIELDS | {"approval_id": 8})
+    other = {**SNAPSHOT_FIELDS, "approval_id": 8, "id": 3}
+    other |= {"mac": sealed.mac, "mac_key_id": sealed.key_id}
+    finding = _check(other, trail)
+    assert finding is not None
+    assert finding.detail == "post-trade snapshot 3 is not the one its audit entry recorded"
+
+
+def test_only_a_snapshot_from_before_macs_may_lack_one() -> None:
+    row, _trail = _snapshot(mac=None, mac_key_id=None)
+    assert (
+        check_snapshot(
+            RecordSigner(KEYS), row, trade_id="t-1", trail_mac=None, legacy=True, unsealed=True
+        )
+        is None
+    )
+    finding = check_snapshot(RecordSigner(KEYS), row, trade_id="t-1", trail_mac=None, legacy=True)
+    assert finding is not None and finding.detail == "post-trade snapshot 3 has no MAC"
+
+
+def test_a_snapshot_under_a_foreign_key_is_an_unknown_key() -> None:
+    sealed = RecordSigner(OTHER_KEYS).seal(RecordKind.SNAPSHOT, SNAPSHOT_FIELDS)
+    row = {**SNAPSHOT_FIELDS, "id": 3, "mac": sealed.mac, "mac_key_id": sealed.key_id}
+    finding = _check(row, sealed.mac)
+    assert finding is not None and finding.kind is ProblemKind.UNKNOWN_KEY

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -26,15 +27,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hitl.audit_chain import ChainHead
 from hitl.hashing import RowHasher
 from hitl.keys import KeyPurpose, ensure_keyrings, keys_dir_from_environment, load_keyring
-from hitl.messages import GuardianCommand, RecordDecisionInput, RecordTransitionInput
+from hitl.market import MarketQuote
+from hitl.messages import (
+    GuardianCommand,
+    RecordDecisionInput,
+    RecordSnapshotInput,
+    RecordTransitionInput,
+)
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from hitl.record_mac import RecordKind
 from launcher.cli import main as hitl
 from migrations.runner import MIGRATIONS_DIR, upgrade_to_head
 from store import approvals, guardian
 from store.audit import AuditEntry, record_audit
+from store.audit_record import verify_record
 from store.checkpoints import append_checkpoint, checkpoint_path
 from store.engine import Sessions, create_engine, session_factory
-from store.tables import ApprovalRow, AuditChainHeadRow, AuditRow
+from store.integrity import seal
+from store.tables import ApprovalRow, AuditChainHeadRow, AuditRow, PostTradeSnapshotRow
 from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.store.helpers import NOW, new_approval, stored_approval
 
@@ -548,3 +558,282 @@ async def test_the_verifiers_raw_reading_misses_no_edit(
     code, out = await run_hitl(capsys, "audit", "verify")
     assert code == 1, out
     assert out.startswith("BROKEN: edited at seq 4"), out
+
+
+# --- post-trade snapshots: each has its own chained entry (``snapshot.recorded``) -------------
+
+QUOTE = MarketQuote(
+    instrument="EUR/USD",
+    bid=Decimal("1.16012"),
+    ask=Decimal("1.16031"),
+    as_of=NOW,
+    response_latency_ms=Decimal("42.5"),
+)
+
+
+async def record_snapshot_of(sessions: Sessions, approval: ApprovalRequest) -> None:
+    """The post-trade snapshot the workflow records after acceptance."""
+    await approvals.record_snapshot(sessions, RecordSnapshotInput(approval=approval, quote=QUOTE))
+
+
+async def build_record_with_snapshot(sessions: Sessions) -> list[ApprovalRequest]:
+    """:func:`build_record`, then the accepted (now FILLED) trade's snapshot: entry 11, the
+    snapshot with id 1."""
+    trades = await build_record(sessions)
+    await record_snapshot_of(sessions, trades[0])
+    return trades
+
+
+async def _head(engine: AsyncEngine) -> ChainHead:
+    async with engine.connect() as connection:
+        head = (await connection.execute(select(AuditChainHeadRow))).one()
+    return ChainHead(head.seq, head.chain)
+
+
+async def test_a_snapshot_recorded_twice_has_one_entry_carrying_its_mac(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    del data_dir
+    sessions = session_factory(engine, writer=True)
+    trades = await build_record(sessions)
+    # A retried activity runs the store's write again: one snapshot, one entry.
+    await record_snapshot_of(sessions, trades[0])
+    await record_snapshot_of(sessions, trades[0])
+    async with engine.connect() as connection:
+        entries = (
+            await connection.execute(select(AuditRow).where(AuditRow.action == "snapshot.recorded"))
+        ).all()
+        (snapshot,) = (await connection.execute(select(PostTradeSnapshotRow))).all()
+        approval_trail = (
+            await connection.execute(
+                select(AuditRow.action)
+                .where(AuditRow.target_type == "approval")
+                .where(AuditRow.target_id == str(trades[0].trade_id))
+                .order_by(AuditRow.seq)
+            )
+        ).all()
+    (entry,) = entries
+    assert (entry.seq, entry.target_type, entry.target_id) == (
+        11,
+        "snapshot",
+        str(trades[0].trade_id),
+    )
+    assert entry.idempotency_key == f"{trades[0].trade_id}:snapshot"
+    assert entry.record_mac == snapshot.mac is not None
+    assert entry.payload["snapshot"]["bid"] == "1.16012000"
+    # The approval's own trail still ends with its own last state change.
+    assert [a for (a,) in approval_trail][-1] == "trade.transitioned"
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 0, out
+    assert out.startswith("intact: 11 chained audit entries up to seq 11, 3 approvals")
+
+
+async def test_an_exported_trail_holds_the_snapshot_and_its_entry(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    del data_dir
+    trades = await build_record_with_snapshot(session_factory(engine, writer=True))
+    export = tmp_path / "trail.json"
+    trade = str(trades[0].trade_id)
+    code, out = await run_hitl(capsys, "audit", "export", trade, "-o", str(export))
+    assert code == 0, out
+    trail = json.loads(export.read_text())
+    assert [e["content"]["action"] for e in trail["entries"]] == [
+        "approval.requested",
+        "approval.decided",
+        "trade.transitioned",
+        "snapshot.recorded",
+    ]
+    assert trail["snapshot"]["mac"] == trail["entries"][-1]["content"]["record_mac"]
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 0, out
+
+    edited = json.loads(export.read_text())
+    edited["snapshot"]["fields"]["bid"] = "1.15000000"
+    export.write_text(json.dumps(edited))
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 1, out
+    assert out.startswith(
+        f"BROKEN: snapshot differs from its trail at trade {trade}: post-trade snapshot 1"
+        " does not match its MAC (edited)"
+    ), out
+    edited["snapshot"] = None
+    export.write_text(json.dumps(edited))
+    code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+    assert code == 1, out
+    assert out.startswith(f"BROKEN: snapshot differs from its trail at seq 11, trade {trade}")
+
+
+_COPY_SNAPSHOT = (
+    "INSERT INTO post_trade_snapshots (approval_id, bid, ask, spread, mid_price,"
+    " response_latency_ms, price_deviation_pct, correlation_id, created_at, mac, mac_key_id)"
+    " SELECT 2, bid, ask, spread, mid_price, response_latency_ms, price_deviation_pct,"
+    " correlation_id, created_at, {mac} FROM post_trade_snapshots WHERE id = 1"
+)
+
+
+async def _edit_snapshot(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    await attack(engine, "UPDATE post_trade_snapshots SET bid = 1.15 WHERE id = 1")
+    return (
+        f"snapshot differs from its trail at trade {trades[0].trade_id}:"
+        " post-trade snapshot 1 does not match its MAC (edited)"
+    )
+
+
+async def _delete_snapshot(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    await attack(engine, "DELETE FROM post_trade_snapshots WHERE id = 1")
+    return (
+        f"snapshot differs from its trail at seq 11, trade {trades[0].trade_id}:"
+        " the post-trade snapshot this entry recorded is missing (deleted)"
+    )
+
+
+async def _copy_snapshot(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    # The genuine snapshot's figures and MAC, given to the rejected trade.
+    await attack(engine, _COPY_SNAPSHOT.format(mac="mac, mac_key_id"))
+    return (
+        f"snapshot differs from its trail at trade {trades[1].trade_id}:"
+        " post-trade snapshot 2 does not match its MAC (edited)"
+    )
+
+
+async def _insert_unsealed_snapshot(engine: AsyncEngine, trades: list[ApprovalRequest]) -> str:
+    await attack(engine, _COPY_SNAPSHOT.format(mac="NULL, NULL"))
+    return (
+        f"snapshot differs from its trail at trade {trades[1].trade_id}:"
+        " post-trade snapshot 2 has no MAC"
+    )
+
+
+SNAPSHOT_TAMPERING: dict[str, Tamper] = {
+    "edit the snapshot": _edit_snapshot,
+    "delete the snapshot": _delete_snapshot,
+    "insert a copy for another trade": _copy_snapshot,
+    "insert one without a MAC": _insert_unsealed_snapshot,
+}
+
+
+@pytest.mark.parametrize("tamper", list(SNAPSHOT_TAMPERING))
+async def test_a_tampered_snapshot_is_named_by_verify_and_the_continuous_check(
+    engine: AsyncEngine, data_dir: Path, capsys: pytest.CaptureFixture[str], tamper: str
+) -> None:
+    del data_dir
+    sessions = session_factory(engine, writer=True)
+    trades = await build_record(sessions)
+    before = await _head(engine)  # seq 10: the continuous check's last verified head
+    await record_snapshot_of(sessions, trades[0])
+    after = await _head(engine)
+    keys = load_keyring(keys_dir_from_environment(), KeyPurpose.RECORD)
+    assert (await run_hitl(capsys, "audit", "verify"))[0] == 0
+    for start in (before, after):
+        assert (await verify_record(engine, keys, start=start)).intact
+    expected = await SNAPSHOT_TAMPERING[tamper](engine, trades)
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 1, out
+    assert out.startswith(f"BROKEN: {expected}"), out
+    # The continuous check that verifies the snapshot's entry sees it; one that started after
+    # it sees a snapshot deleted or inserted without an entry (the counts differ).
+    starts = [before] if tamper == "edit the snapshot" else [before, after]
+    for start in starts:
+        report = await verify_record(engine, keys, start=start)
+        assert report.finding is not None, start
+        assert report.finding.describe() == expected
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def database_0006(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database at revision 0006: snapshots have a MAC but no audit entry of their own."""
+    if request.param == "postgresql":
+        url = await create_postgres_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'at-0006.db'}"
+    await asyncio.to_thread(command.upgrade, _config(url), "0006")
+    yield url
+    if request.param == "postgresql":
+        await drop_postgres_database(url)
+
+
+async def _snapshot_as_0006_wrote_it(sessions: Sessions, approval: ApprovalRequest) -> None:
+    """``record_snapshot`` as it was at revision 0006: the row and its MAC, no entry."""
+    async with sessions.begin() as session:
+        approval_id = (
+            await session.execute(
+                select(ApprovalRow.id).where(ApprovalRow.trade_id == approval.trade_id)
+            )
+        ).scalar_one()
+        values = {
+            "approval_id": approval_id,
+            "bid": Decimal("1.16012000"),
+            "ask": Decimal("1.16031000"),
+            "spread": Decimal("0.00019000"),
+            "mid_price": Decimal("1.16021500"),
+            "response_latency_ms": Decimal("42.50000000"),
+            "price_deviation_pct": Decimal("0.01853000"),
+            "correlation_id": approval.correlation_id,
+            "created_at": datetime.now(UTC),
+        }
+        sealed = seal(RecordKind.SNAPSHOT, values)
+        session.add(PostTradeSnapshotRow(**values, mac=sealed.mac, mac_key_id=sealed.key_id))
+
+
+async def test_a_database_migrated_from_0006_with_snapshots_verifies_intact(
+    database_0006: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Snapshots recorded before their entries existed verify by their MAC; one recorded after
+    the upgrade has its entry; a legacy snapshot moved past the migration's bound (as if it
+    were new) has none, and is named."""
+    monkeypatch.setenv("DATABASE_URL", database_0006)
+    monkeypatch.setenv("HITL_DATA_DIR", str(tmp_path))
+    engine = create_engine(database_0006)
+    try:
+        sessions = session_factory(engine, writer=True)
+        old = []
+        for _ in range(2):
+            pending = await stored_approval(sessions)
+            decided = await approvals.record_decision(
+                sessions,
+                RecordDecisionInput(
+                    expected=pending,
+                    decided=decision_of(pending, accept=True),
+                    event_type="hitl.decided",
+                ),
+            )
+            await _snapshot_as_0006_wrote_it(sessions, decided.value.approval)
+            old.append(decided.value.approval)
+        await asyncio.to_thread(upgrade_to_head, database_0006)
+        async with engine.connect() as connection:
+            head = (await connection.execute(select(AuditChainHeadRow))).one()
+        assert (head.legacy_snapshot_last_id, head.unsealed_snapshot_last_id) == (2, 0)
+        code, out = await run_hitl(capsys, "audit", "verify")
+        assert code == 0, out
+        assert out.startswith("intact: 4 chained audit entries up to seq 4, 2 approvals")
+
+        new = await stored_approval(sessions)
+        accepted = await approvals.record_decision(
+            sessions,
+            RecordDecisionInput(
+                expected=new, decided=decision_of(new, accept=True), event_type="hitl.decided"
+            ),
+        )
+        await record_snapshot_of(sessions, accepted.value.approval)
+        code, out = await run_hitl(capsys, "audit", "verify")
+        assert code == 0, out
+        assert out.startswith("intact: 7 chained audit entries up to seq 7, 3 approvals")
+        keys = load_keyring(keys_dir_from_environment(), KeyPurpose.RECORD)
+        report = await verify_record(engine, keys)
+        assert (report.snapshots, report.legacy_snapshots) == (1, 2)
+
+        # The first legacy snapshot given a new id: its MAC still holds (the id is not MAC'd),
+        # but a snapshot past the bound must have its entry.
+        await attack(engine, "UPDATE post_trade_snapshots SET id = 10 WHERE id = 1")
+    finally:
+        await engine.dispose()
+    code, out = await run_hitl(capsys, "audit", "verify")
+    assert code == 1, out
+    assert out.startswith(
+        f"BROKEN: snapshot differs from its trail at trade {old[0].trade_id}:"
+        " post-trade snapshot 10 has no audit entry (inserted)"
+    ), out

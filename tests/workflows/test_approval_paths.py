@@ -132,6 +132,7 @@ async def test_approve_ends_accepted_with_snapshot_and_lifecycle_to_settled(
     assert [(a.previous_state, a.new_state) for a in await audits(gateway, trade_id)] == [
         ("PENDING", "AWAITING_APPROVAL"),
         ("AWAITING_APPROVAL", "ACCEPTED"),
+        (None, None),  # snapshot.recorded: the post-trade snapshot's own entry
         ("ACCEPTED", "FILLED"),
         ("FILLED", "CLOSED"),
         ("CLOSED", "SETTLED"),

@@ -78,7 +78,7 @@ async def audit_actions(gw: Gateway, trade_id: uuid.UUID) -> list[tuple[str, str
     async with gw.sessions() as session:
         rows = await session.execute(
             select(AuditRow.action, AuditRow.actor_id)
-            .where(AuditRow.target_id == str(trade_id))
+            .where(AuditRow.target_id == str(trade_id), AuditRow.target_type == "approval")
             .order_by(AuditRow.id)
         )
         return [(action, actor) for action, actor in rows.all()]
