@@ -73,21 +73,6 @@ MESSAGES = r"/channels/\d+/messages"
 DEEP_LINK_PATH = "/api/hitl/deep-links/{token}"
 
 
-@pytest.fixture(autouse=True)
-def _restore_discord_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The notifier points discord.py's process-wide base URL at the fake; undo it after."""
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    """The fake Discord, serving on a free loopback port."""
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 def custom_ids(message: dict[str, Any]) -> list[str]:
     """The custom ids of a message's buttons, in order."""
     return [c["custom_id"] for row in message["components"] for c in row["components"]]
@@ -449,7 +434,9 @@ async def test_discord_failure_is_retried_by_the_activity_and_notifies_once(
     assert [c.status for c in rig.fake.requests("POST", MESSAGES)] == [status, 200]
     assert len(rig.fake.channel_messages()) == 1
     await wait_until(lambda: rig.audit(approval, "notify.discord"))
-    # Temporal retried the activity (discord.py's own retry loop never ran).
+    # Temporal retried the activity (discord.py's own retry loop never ran). Its start reaches
+    # the history when the attempt ends, a moment after the message's record is written.
+    await wait_until(lambda: _attempts(rig, approval, "notify_approval_requested"))
     assert await _attempts(rig, approval, "notify_approval_requested") == [2]
     # The approval is intact and decidable from the one message.
     edit_path = f"/channels/{message['channel_id']}/messages/{message['id']}"

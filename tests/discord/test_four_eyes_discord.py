@@ -17,10 +17,8 @@ from hitl.errors import ErrorCode
 from hitl.messages import DecisionCommand
 from hitl.models import DecisionChannel
 from tests.discord.fake_discord import FakeDiscord
-from tests.discord.test_discord import ALICE, BOB, Rig, fake, fields, running_rig
+from tests.discord.test_discord import ALICE, BOB, Rig, fields, running_rig
 from tests.temporal_fixtures import wait_until
-
-__all__ = ["fake"]  # the fake Discord fixture, shared with test_discord
 
 # make_proposal asks 1.5 % risk: above this, two operators must approve.
 THRESHOLD = Decimal("1.0")

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import discord.gateway
-import discord.http
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.service import RPCError
@@ -26,39 +24,6 @@ from tests.discord.fake_gateway import FakeGateway
 from tests.discord.test_discord import ALICE, MALLORY, OPERATORS, Rig, running_rig
 from tests.temporal_fixtures import wait_until
 from workflows.reconciler_client import ReconcilerClient
-
-
-@pytest.fixture(autouse=True)
-def _restore_discord_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bot points discord.py's process-wide REST and gateway URLs at the fakes; undo it."""
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    monkeypatch.setattr(
-        discord.gateway.DiscordWebSocket,
-        "DEFAULT_GATEWAY",
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
-    )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def gateway(fake: FakeDiscord) -> AsyncIterator[FakeGateway]:
-    server = FakeGateway(
-        bot_token=fake.bot_token,
-        bot_user=fake.user(fake.bot_user_id, "hitl-bot", bot=True),
-        application_id=fake.application_id,
-    )
-    await server.start()
-    # Found through the fake REST API's GET /gateway/bot (no DISCORD_GATEWAY_URL).
-    fake.gateway_url = server.url
-    yield server
-    await server.stop()
 
 
 @dataclass

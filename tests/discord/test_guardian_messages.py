@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import discord
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
@@ -19,21 +18,6 @@ from tests.temporal_fixtures import wait_until
 from workflows.client import GuardianClient
 
 CASCADE_TITLE = "Guardian lock: trading halted"
-
-
-@pytest.fixture(autouse=True)
-def _restore_discord_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The notifier points discord.py's process-wide base URL at the fake; undo it after."""
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    """The fake Discord, serving on a free loopback port."""
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.discord_notifier import DiscordNotifier
@@ -24,14 +22,6 @@ from hitl.preview import slippage_preview
 from tests.discord.fake_discord import FakeDiscord
 
 HUB_URL = "http://hub.example"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def approval(request_price: str, instrument: str = "EUR/USD") -> ApprovalRequest:

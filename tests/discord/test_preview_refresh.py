@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import discord.gateway
-import discord.http
 import pytest
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -90,34 +88,10 @@ class ReadableFakeDiscord(FakeDiscord):
         return await super()._edit(request)
 
 
-@pytest.fixture(autouse=True)
-def _restore_discord_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bot points discord.py's process-wide REST and gateway URLs at the fakes; undo it."""
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    monkeypatch.setattr(
-        discord.gateway.DiscordWebSocket,
-        "DEFAULT_GATEWAY",
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
-    )
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[ReadableFakeDiscord]:
     server = ReadableFakeDiscord()
     await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def gateway(fake: FakeDiscord) -> AsyncIterator[FakeGateway]:
-    server = FakeGateway(
-        bot_token=fake.bot_token,
-        bot_user=fake.user(fake.bot_user_id, "hitl-bot", bot=True),
-        application_id=fake.application_id,
-    )
-    await server.start()
-    fake.gateway_url = server.url
     yield server
     await server.stop()
 

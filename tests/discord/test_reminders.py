@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import discord
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
@@ -36,21 +35,6 @@ from workflows.client import ApprovalClient
 UI = "http://temporal-ui.example.test:8233"
 ROLE = 500_000_000_000_000_077
 MESSAGES = r"/channels/\d+/messages"
-
-
-@pytest.fixture(autouse=True)
-def _restore_discord_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The notifier points discord.py's process-wide base URL at the fake; undo it after."""
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    """The fake Discord, serving on a free loopback port."""
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @dataclass

@@ -4,11 +4,9 @@ mentions show as typed, and every message is sent allowing no mention (issue 17 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.discord_render import approval_embed, as_text, outcome_embed
@@ -26,14 +24,6 @@ HOSTILE = (
     "Breakout. [click here](http://evil.example/steal) ```py\nimport os\n``` "
     "**urgent** @everyone <@123456789012345678> ||hidden||"
 )
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _approval(**changes: object) -> ApprovalRequest:
