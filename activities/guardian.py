@@ -27,7 +27,6 @@ from hitl.models import ApprovalRequest
 from hitl.signing import CommandAction, CommandSigner
 from store.engine import Sessions
 from store.guardian import (
-    RejectedBatch,
     lock_guardian,
     reject_pending_batch,
     rejected_after,
@@ -117,29 +116,18 @@ class GuardianActivities:
             resumed = await rejected_after(self._sessions, after_id=after_id)
             await self._tell(notice, resumed)
             total += len(resumed)
-        # Telling batch n (its workflows, its messages) runs while batch n+1 is rejected; the
-        # heartbeat passes a batch only once it is told, so a retry tells it again.
-        telling: asyncio.Task[None] | None = None
-        try:
-            while True:
-                batch = await reject_pending_batch(self._sessions, after_id=after_id)
-                if telling is not None:
-                    await telling
-                    telling = None
-                    activity.heartbeat(after_id, total)
-                if batch.last_id == after_id:
-                    break
-                for trade_id in batch.tampered:
-                    await self._alert_tampered(notice, trade_id)
-                count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
-                telling = asyncio.create_task(
-                    self._tell_batch(notice, batch, progress=(after_id, total))
-                )
-                after_id = batch.last_id
-                total += len(batch.rejected) + len(batch.tampered)
-        finally:
-            if telling is not None:
-                telling.cancel()
+        while True:
+            batch = await reject_pending_batch(self._sessions, after_id=after_id)
+            if batch.last_id == after_id:
+                break
+            for trade_id in batch.tampered:
+                await self._alert_tampered(notice, trade_id)
+            count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
+            await self._tell(notice, batch.rejected)
+            await self._end_messages(notice, batch.decided, progress=(after_id, total))
+            after_id = batch.last_id
+            total += len(batch.rejected) + len(batch.tampered)
+            activity.heartbeat(after_id, total)
         log.warning(
             "guardian cascade done",
             correlation_id=notice.correlation_id,
@@ -150,13 +138,6 @@ class GuardianActivities:
             rejected=total,
         )
         return total
-
-    async def _tell_batch(
-        self, notice: GuardianLockNotice, batch: RejectedBatch, *, progress: tuple[int, int]
-    ) -> None:
-        """Tell one batch's workflows, then end their approvals' messages."""
-        await self._tell(notice, batch.rejected)
-        await self._end_messages(notice, batch.decided, progress=progress)
 
     async def _end_messages(
         self,
