@@ -96,9 +96,9 @@ class ConsoleNotifier:
         )
 
     async def approval_decided(self, approval: ApprovalRequest) -> None:
-        """Log the decision."""
+        """Log the decision, or a first of two approvals (four eyes)."""
         log.info(
-            "approval decided",
+            "approval decided" if approval.is_decided else "first of two approvals recorded",
             correlation_id=approval.correlation_id,
             actor=approval.decided_by,
             action="notify.approval_decided",
