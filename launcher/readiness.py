@@ -16,6 +16,7 @@ from hitl.settings import Settings
 from launcher.errors import StartupError
 from launcher.supervisor import Child, Supervisor
 from workflows.connection import connect_temporal
+from workflows.guardian import guardian_task_queue
 
 T = TypeVar("T")
 
@@ -72,21 +73,27 @@ async def wait_for_temporal(settings: Settings, supervisor: Supervisor) -> Clien
 async def wait_for_worker(
     client: Client, settings: Settings, worker: Child, supervisor: Supervisor
 ) -> None:
-    """Wait until the worker process polls the task queue for workflow tasks."""
+    """Wait until the worker process polls both its task queues for workflow tasks: the
+    approvals' and the Guardian's own."""
     # The SDK's default identity is "<pid>@<host>": this tells our worker apart from pollers a
     # previous run left behind in the server's memory.
     identity = f"{worker.process.pid}@"
-    request = DescribeTaskQueueRequest(
-        namespace=settings.temporal.namespace,
-        task_queue=TaskQueue(
-            name=settings.temporal.task_queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL
-        ),
-        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-    )
+    queue = settings.temporal.task_queue
+    requests = [
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal.namespace,
+            task_queue=TaskQueue(name=name, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        for name in (queue, guardian_task_queue(queue))
+    ]
+
+    async def polled(request: DescribeTaskQueueRequest) -> bool:
+        answer = await client.workflow_service.describe_task_queue(request)
+        return any(p.identity.startswith(identity) for p in answer.pollers)
 
     async def attempt() -> bool | None:
-        answer = await client.workflow_service.describe_task_queue(request)
-        return True if any(p.identity.startswith(identity) for p in answer.pollers) else None
+        return True if all([await polled(request) for request in requests]) else None
 
     await _retry_until(
         attempt, supervisor=supervisor, seconds=GATEWAY_READY_SECONDS, what="the worker"
