@@ -166,35 +166,23 @@ class DecisionDesk:
         )
         await interaction.edit_original_response(content=answer)
         if standing is not None and standing.is_decided:
-            await self._show(interaction, standing)
-        elif standing is not None and standing.approvers:
-            await self._show_progress(interaction, standing)
-
-    async def _show_progress(
-        self, interaction: discord.Interaction[Any], approval: ApprovalRequest
-    ) -> None:
-        """A first of two approvals (four eyes): the message's text says ``1 of 2 approvals``
-        and who gave it; the embed (with its deep link) and the buttons stay for the second."""
-        if interaction.message is None:
-            return
-        try:
-            await interaction.message.edit(content=approval_text(approval))
-        except discord.HTTPException as exc:
-            log.warning(
-                "could not update the approval message",
-                correlation_id=f"discord-{interaction.id}",
-                actor="discord_bot",
-                action="discord.message_edit",
-                result=str(exc.status),
-                trade_id=str(approval.trade_id),
+            # The outcome in place of the request, buttons removed.
+            await self._show(
+                interaction, standing, content=None, embed=outcome_embed(standing), view=None
             )
+        elif standing is not None and standing.approvers:
+            # A first of two approvals (four eyes): only the text changes (``1 of 2
+            # approvals`` and who gave it); the embed, its deep link and the buttons stay.
+            await self._show(interaction, standing, content=approval_text(standing))
 
-    async def _show(self, interaction: discord.Interaction[Any], approval: ApprovalRequest) -> None:
-        """Replace the approval message by its outcome, buttons removed."""
+    async def _show(
+        self, interaction: discord.Interaction[Any], approval: ApprovalRequest, **edit: Any
+    ) -> None:
+        """Edit the clicked approval message with ``edit``; a failure is logged, never raised."""
         if interaction.message is None:
             return
         try:
-            await interaction.message.edit(content=None, embed=outcome_embed(approval), view=None)
+            await interaction.message.edit(**edit)
         except discord.HTTPException as exc:
             # The decision stands; only its display in the channel is stale.
             log.warning(
