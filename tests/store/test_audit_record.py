@@ -9,6 +9,7 @@ exits 0; a missing keyring exits 2 and never claims "intact".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -436,17 +437,26 @@ def _config(url: str) -> Config:
     return config
 
 
+@contextlib.asynccontextmanager
+async def _database_at(engine: str, revision: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database of ``engine`` migrated to ``revision`` (dropped afterwards)."""
+    if engine == "postgresql":
+        url = await create_postgres_database()
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / f'at-{revision}.db'}"
+    try:
+        await asyncio.to_thread(command.upgrade, _config(url), revision)
+        yield url
+    finally:
+        if engine == "postgresql":
+            await drop_postgres_database(url)
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A database at revision 0003, before the chain."""
-    if request.param == "postgresql":
-        url = await create_postgres_database()
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await asyncio.to_thread(command.upgrade, _config(url), "0003")
-    yield url
-    if request.param == "postgresql":
-        await drop_postgres_database(url)
+    async with _database_at(request.param, "0003", tmp_path) as url:
+        yield url
 
 
 async def test_a_database_from_before_the_chain_gets_a_genesis(
@@ -743,14 +753,8 @@ async def test_a_tampered_snapshot_is_named_by_verify_and_the_continuous_check(
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def database_0006(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A database at revision 0006: snapshots have a MAC but no audit entry of their own."""
-    if request.param == "postgresql":
-        url = await create_postgres_database()
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'at-0006.db'}"
-    await asyncio.to_thread(command.upgrade, _config(url), "0006")
-    yield url
-    if request.param == "postgresql":
-        await drop_postgres_database(url)
+    async with _database_at(request.param, "0006", tmp_path) as url:
+        yield url
 
 
 async def _snapshot_as_0006_wrote_it(sessions: Sessions, approval: ApprovalRequest) -> None:
