@@ -24,7 +24,7 @@ from store.audit import AuditEntry, record_audit
 from store.engine import AsyncEngine, Sessions, create_engine, session_factory
 from store.events import ApprovalWatch, EventWaker
 from workflows.client import ApprovalClient, GuardianClient
-from workflows.connection import connect_temporal, unless_unreachable
+from workflows.connection import connect_temporal
 
 T = TypeVar("T")
 
@@ -98,13 +98,11 @@ class Services:
         )
 
     async def bounded(self, call: Awaitable[T]) -> T:
-        """Never hang on Temporal: past the configured time the caller gets 503 (SEC-070), and
-        at once (about 1.5 s) when Temporal cannot be reached (``unless_unreachable``)."""
+        """Never hang on Temporal: past the configured time the caller gets 503 (SEC-070). An
+        unreachable server answers SEC-070 sooner, from the clients themselves
+        (``ApprovalClient``, ``GuardianClient``: ``workflows.connection.unless_unreachable``)."""
         try:
-            return await asyncio.wait_for(
-                unless_unreachable(self.temporal, call),
-                self.settings.api.decision_timeout_seconds,
-            )
+            return await asyncio.wait_for(call, self.settings.api.decision_timeout_seconds)
         except TimeoutError:
             raise HITLError(
                 ErrorCode.SERVICE_UNAVAILABLE,

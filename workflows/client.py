@@ -4,10 +4,10 @@ Internal to the gateway's own processes (the API, the worker, the Discord bot): 
 sends carries the gateway's proof (``hitl.signing``), signed with the commands keyring. Bots use
 the HTTP client in ``hitl_client`` instead, with their token; they never reach Temporal.
 
-Every call an approval makes on Temporal (start, Updates, query, describe) answers SEC-070 within
-about 1.5 s when the server cannot be reached, and otherwise waits as long as the call takes
-(``workflows.connection.unless_unreachable``): a decision's Update still waits for its workflow
-up to the caller's own limit.
+Every call an approval or the Guardian makes on Temporal (start, Updates, query, describe)
+answers SEC-070 within about 1.5 s when the server cannot be reached, and otherwise waits as long
+as the call takes (``workflows.connection.unless_unreachable``): a decision's Update still waits
+for its workflow up to the caller's own limit.
 """
 
 from __future__ import annotations
@@ -391,6 +391,15 @@ class GuardianClient:
         return await self._update(GuardianWorkflow.unlock, command, CommandAction.GUARDIAN_UNLOCK)
 
     async def _update(
+        self, update: Any, command: GuardianCommand, action: CommandAction
+    ) -> GuardianStatus:
+        """Run the Update (starting the Guardian if needed); SEC-070 at once when Temporal
+        cannot be reached, as for approvals."""
+        return await unless_unreachable(
+            self._client, self._update_reachable(update, command, action)
+        )
+
+    async def _update_reachable(
         self, update: Any, command: GuardianCommand, action: CommandAction
     ) -> GuardianStatus:
         workflow_id = guardian_workflow_id(self._task_queue)
