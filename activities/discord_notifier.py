@@ -30,10 +30,15 @@ from activities.discord_render import (
     reminder_text,
     security_alert_embed,
 )
-from activities.discord_rest import DiscordChannel, message_key
+from activities.discord_rest import (
+    APPROVAL_MESSAGE_EVENT,
+    DiscordChannel,
+    approval_message_key,
+    message_key,
+)
 from activities.market_preview import PreviewQuotes
 from activities.notifications import ConsoleNotifier, Notifier
-from hitl.errors import ConfigurationError, HITLError
+from hitl.errors import ConfigurationError
 from hitl.messages import (
     SYSTEM_ACTOR,
     GuardianCascadeSummary,
@@ -43,13 +48,11 @@ from hitl.messages import (
 )
 from hitl.models import ApprovalRequest
 from hitl.settings import Settings
-from store.approvals import approval_record
+from store.approvals import verified_approval
 from store.audit import GUARDIAN_TARGET
 from store.engine import Sessions
 
 log = structlog.get_logger(__name__)
-
-_REQUESTED = "approval_requested"
 
 
 class DiscordNotifier:
@@ -109,7 +112,7 @@ class DiscordNotifier:
 
     async def approval_requested(self, approval: ApprovalRequest) -> None:
         """Post the approval with its buttons and a fresh one-time deep link."""
-        key = message_key(approval.trade_id, _REQUESTED)
+        key = approval_message_key(approval.trade_id)
 
         async def post() -> discord.Message | None:
             if approval.expires_at <= datetime.now(UTC):
@@ -119,7 +122,7 @@ class DiscordNotifier:
                     "approval expired before it could be posted",
                     correlation_id=approval.correlation_id,
                     actor=SYSTEM_ACTOR,
-                    action=f"notify.{_REQUESTED}",
+                    action=f"notify.{APPROVAL_MESSAGE_EVENT}",
                     result="skipped",
                     trade_id=str(approval.trade_id),
                 )
@@ -157,7 +160,7 @@ class DiscordNotifier:
 
         await self._channel.post_once(
             key,
-            event=_REQUESTED,
+            event=APPROVAL_MESSAGE_EVENT,
             subject=str(approval.trade_id),
             correlation_id=approval.correlation_id,
             post=post,
@@ -172,17 +175,12 @@ class DiscordNotifier:
         live buttons. Read after the message's record is committed: a decision recorded later
         finds the message itself (:meth:`approval_decided`), so one of the two always shows it.
         """
-        original = await self._channel.posted(message_key(trade_id, _REQUESTED))
+        original = await self._channel.posted(approval_message_key(trade_id))
         if original is None:
             return
-        try:
-            async with self._sessions() as session:
-                record = await approval_record(session, trade_id)
-        except HITLError:
-            return  # unreadable (SEC-080): the workflow's own checks raise that alarm
-        if record is None or not record.integrity_ok:
+        current = await verified_approval(self._sessions, trade_id)
+        if current is None:
             return  # nothing trustworthy to show: the buttons stay, the workflow decides
-        current = record.approval
         if current.is_decided:
             await self._channel.replace(original, embed=outcome_embed(current))
         elif current.approvers:
@@ -195,7 +193,7 @@ class DiscordNotifier:
 
         async def post() -> discord.Message:
             notice = expiry_notice_embed(approval)
-            original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
+            original = await self._channel.posted(approval_message_key(approval.trade_id))
             if original is not None and await self._channel.replace(
                 original, embed=outcome_embed(approval)
             ):
@@ -217,7 +215,7 @@ class DiscordNotifier:
         buttons off; a first of two approvals (four eyes) only edits the message's text to
         ``1 of 2 approvals``. Editing twice shows the same thing, so retries need no record."""
         async with self._channel.attempt("approval_decided", approval.correlation_id):
-            original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
+            original = await self._channel.posted(approval_message_key(approval.trade_id))
             if original is None:
                 return
             if not approval.is_decided:
@@ -244,7 +242,7 @@ class DiscordNotifier:
                     else NO_MENTIONS
                 ),
             }
-            original = await self._channel.posted(message_key(approval.trade_id, _REQUESTED))
+            original = await self._channel.posted(approval_message_key(approval.trade_id))
             if original is not None:
                 return await self._channel.reply(key, original, **fields)
             return await self._channel.send(key, **fields)

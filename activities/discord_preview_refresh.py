@@ -37,24 +37,17 @@ from uuid import UUID
 import discord
 import structlog
 
-from activities.discord_render import outcome_embed
-from activities.discord_rest import PostedMessage, message_key
+from activities.discord_render import MARKET_FIELD, outcome_embed, preview_field
+from activities.discord_rest import PostedMessage, approval_message_key, posted_message
 from activities.market_preview import PreviewQuotes
-from hitl.errors import HITLError
 from hitl.models import ApprovalRequest, TradeStatus
-from hitl.preview import SlippagePreview, preview_text
-from store.approvals import approval_record, pending_approvals
-from store.audit import audit_payload
+from store.approvals import pending_approvals, verified_approval
 from store.engine import Sessions
 
 log = structlog.get_logger(__name__)
 
-MARKET_FIELD: Final = "Market"
-"""The embed field holding the preview (``approval_embed``'s)."""
 _BEFORE_FIELD: Final = "Expires"
 """Where the field goes when the message was posted without one (no quote at posting)."""
-_REQUESTED: Final = "approval_requested"
-"""The event the approval message was posted under (``DiscordNotifier.approval_requested``)."""
 
 EDITS_PER_CYCLE: Final = 10
 SPACING_SECONDS: Final = 0.5
@@ -64,13 +57,6 @@ TOUCH_SECONDS: Final = 10.0
 
 _ACTOR: Final = "discord_bot"
 _ACTION: Final = "discord.preview_refresh"
-
-
-def live_preview_field(preview: SlippagePreview) -> str:
-    """The refreshed field: ``now 1.1619, +0.06 %``, marked when approving now would be refused
-    (``⚠️ now 1.1851, +2.06 % — exceeds the 0.5 % limit``)."""
-    text = preview_text(preview)
-    return f"⚠️ {text}" if preview.exceeds else text
 
 
 def _with_market(embed: discord.Embed, text: str) -> discord.Embed:
@@ -144,10 +130,9 @@ class PreviewRefresher:
         for record in pending:  # soonest deadline first
             if touched >= self._edits_per_cycle:
                 break
-            payload = await audit_payload(self._sessions, message_key(record.trade_id, _REQUESTED))
-            if payload is None:
+            posted = await posted_message(self._sessions, approval_message_key(record.trade_id))
+            if posted is None:
                 continue  # not posted (yet)
-            posted = PostedMessage(int(payload["channel_id"]), int(payload["message_id"]))
             live.add(posted.message_id)
             approval = await self._pending(record.trade_id)
             if approval is None or self._shown.get(posted.message_id, "") is None:
@@ -155,7 +140,7 @@ class PreviewRefresher:
             preview = await self._previews.preview(approval)
             if preview is None:
                 continue  # no quote in time (logged): the next cycle tries again
-            text = live_preview_field(preview)
+            text = preview_field(preview, at_posting=False)
             if self._shown.get(posted.message_id) == text:
                 continue  # unchanged: nothing to send
             touched += 1
@@ -176,16 +161,10 @@ class PreviewRefresher:
 
     async def _pending(self, trade_id: UUID) -> ApprovalRequest | None:
         """The approval, if it is still awaiting a decision and its record verifies."""
-        try:
-            async with self._sessions() as session:
-                record = await approval_record(session, trade_id)
-        except HITLError:
-            return None  # unreadable (SEC-080): nothing trustworthy to show
-        if record is None or not record.integrity_ok:
+        approval = await verified_approval(self._sessions, trade_id)
+        if approval is None or approval.status is not TradeStatus.AWAITING_APPROVAL:
             return None
-        if record.approval.status is not TradeStatus.AWAITING_APPROVAL:
-            return None
-        return record.approval
+        return approval
 
     async def _touch(self, posted: PostedMessage, approval: ApprovalRequest, text: str) -> int:
         """Show ``text`` in the message's Market field: 1 if edited, else 0."""
@@ -232,21 +211,17 @@ class PreviewRefresher:
     ) -> None:
         """After an edit: if the approval was decided meanwhile, draw its outcome again (its
         notice may have landed before our edit, which then hid it)."""
-        try:
-            async with self._sessions() as session:
-                record = await approval_record(session, trade_id)
-        except HITLError:
-            return
-        if record is None or not record.approval.is_decided:
+        approval = await verified_approval(self._sessions, trade_id)
+        if approval is None or not approval.is_decided:
             return  # still pending: a decision from now on edits after us
         self._shown[posted.message_id] = None
         with contextlib.suppress(discord.NotFound):
             await channel.get_partial_message(posted.message_id).edit(
-                content=None, embed=outcome_embed(record.approval), view=None
+                content=None, embed=outcome_embed(approval), view=None
             )
         log.info(
             "approval decided during a preview refresh; its outcome drawn again",
-            correlation_id=record.approval.correlation_id,
+            correlation_id=approval.correlation_id,
             actor=_ACTOR,
             action=_ACTION,
             result="outcome",

@@ -106,6 +106,10 @@ def approvals_progress(approval: ApprovalRequest) -> str:
     return f"{len(approval.approvers)} of {FOUR_EYES} approvals ({names})"
 
 
+MARKET_FIELD: Final = "Market"
+"""The approval embed's field holding the slippage preview."""
+
+
 def approval_embed(
     approval: ApprovalRequest,
     *,
@@ -125,7 +129,7 @@ def approval_embed(
     )
     _add_trade_fields(embed, approval)
     if preview is not None:
-        embed.add_field(name="Market", value=preview_field(preview))
+        embed.add_field(name=MARKET_FIELD, value=preview_field(preview))
     embed.add_field(name="Expires", value=_stamp(approval.expires_at, "R"))
     embed.add_field(name="Review", value=f"[Open in the HITL Hub]({link}) (one-time link)")
     if temporal_link:
@@ -134,9 +138,12 @@ def approval_embed(
     return embed
 
 
-def preview_field(preview: SlippagePreview) -> str:
-    """``at posting: now 1.1619, +0.06 %``, marked when approving would already be refused."""
-    text = f"at posting: {preview_text(preview)}"
+def preview_field(preview: SlippagePreview, *, at_posting: bool = True) -> str:
+    """``at posting: now 1.1619, +0.06 %`` (refreshed by the bot: ``now 1.1619, +0.06 %``),
+    marked when approving would already be refused (``⚠️ … — exceeds the 0.5 % limit``)."""
+    text = preview_text(preview)
+    if at_posting:
+        text = f"at posting: {text}"
     return f"⚠️ {text}" if preview.exceeds else text
 
 

@@ -62,6 +62,15 @@ def message_key(subject: UUID | str, event: str) -> str:
     return f"{subject}:discord:{event}"
 
 
+APPROVAL_MESSAGE_EVENT: Final = "approval_requested"
+"""The event an approval's own message (its embed and buttons) is posted under."""
+
+
+def approval_message_key(trade_id: UUID) -> str:
+    """The key of an approval's own message: what every later edit of it looks up."""
+    return message_key(trade_id, APPROVAL_MESSAGE_EVENT)
+
+
 # --- failing fast ------------------------------------------------------------------------------
 
 
@@ -126,6 +135,14 @@ class PostedMessage:
 
     channel_id: int
     message_id: int
+
+
+async def posted_message(sessions: Sessions, key: str) -> PostedMessage | None:
+    """The message recorded under ``key`` (its posting's audit entry), if one was posted."""
+    payload = await audit_payload(sessions, key)
+    if payload is None:
+        return None
+    return PostedMessage(int(payload["channel_id"]), int(payload["message_id"]))
 
 
 def _nonce(key: str) -> str:
@@ -218,10 +235,7 @@ class DiscordChannel:
 
     async def posted(self, key: str) -> PostedMessage | None:
         """The message recorded under ``key``, if one was posted."""
-        payload = await audit_payload(self._sessions, key)
-        if payload is None:
-            return None
-        return PostedMessage(int(payload["channel_id"]), int(payload["message_id"]))
+        return await posted_message(self._sessions, key)
 
     async def _record(
         self,

@@ -729,3 +729,17 @@ async def approval_record(session: AsyncSession, trade_id: UUID) -> ApprovalReco
     if snapshot_row is not None:
         snapshot = snapshot_from_row(snapshot_row, trade_id=trade_id)
     return ApprovalRecord(approval=approval, integrity_ok=sound, snapshot=snapshot)
+
+
+async def verified_approval(sessions: Sessions, trade_id: UUID) -> ApprovalRequest | None:
+    """The approval as stored, when its record verifies; None when there is none, when it fails
+    its integrity check, or when it cannot be read (SEC-080): nothing trustworthy to show (the
+    workflow's own checks raise that alarm)."""
+    try:
+        async with sessions() as session:
+            record = await approval_record(session, trade_id)
+    except HITLError:
+        return None
+    if record is None or not record.integrity_ok:
+        return None
+    return record.approval

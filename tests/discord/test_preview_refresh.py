@@ -28,7 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.testing import WorkflowEnvironment
 
-from activities.discord_preview_refresh import PreviewRefresher, live_preview_field
+from activities.discord_preview_refresh import PreviewRefresher
+from activities.discord_render import preview_field
 from activities.market_preview import PreviewQuotes
 from activities.market_providers import HttpMarketData
 from hitl.messages import DecisionCommand
@@ -285,7 +286,7 @@ async def test_an_unchanged_preview_is_not_sent_again(rig: Rig) -> None:
         quote=await rig.market.quote(EURUSD),  # no jitter: the quote the refresher had
         max_slippage_pct=Decimal("0.5"),
     )
-    assert market(rig, message) == live_preview_field(expected)
+    assert market(rig, message) == preview_field(expected, at_posting=False)
     assert market(rig, message) == f"now {expected.current_price}, +0.31 %"
 
 
