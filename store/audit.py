@@ -12,12 +12,14 @@ Guardian row) and *before* the events outbox's lock, so appends never deadlock w
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, ColumnElement, Text, cast, insert, literal, select, text, update
+from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hitl.audit_chain import ChainHead, audit_content, next_link
@@ -53,13 +55,6 @@ class AuditEntry:
     change, a snapshot recorded): the verifier checks the row against its last such entry."""
 
 
-def _json_text(payload: str, dialect: str) -> ColumnElement[Any]:
-    """The payload column's value as exactly this text (the JSON type would re-serialise it;
-    PostgreSQL's ``json`` keeps the text it is given verbatim)."""
-    value = literal(str(payload), Text())
-    return cast(value, JSON) if dialect == "postgresql" else value
-
-
 _LOCK_HEAD = text("UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, chain")
 
 
@@ -67,6 +62,79 @@ async def _lock_head(session: AsyncSession) -> ChainHead:
     # A no-op UPDATE rather than SELECT ... FOR UPDATE: it also takes SQLite's write lock.
     row = (await session.execute(_LOCK_HEAD)).one()
     return ChainHead(int(row[0]), str(row[1]))
+
+
+def _insert(dialect: str) -> Insert:
+    """The audit row's INSERT, built once per dialect so SQLAlchemy compiles it once: every
+    column a bound parameter, the payload given as its exact text (the JSON type would
+    re-serialise it; PostgreSQL's ``json`` keeps the text it is given verbatim)."""
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        text_value = bindparam("payload_text", type_=Text())
+        payload = cast(text_value, JSON) if dialect == "postgresql" else text_value
+        statement = _INSERTS[dialect] = insert(_AUDIT_TABLE).values(
+            {name: payload if name == "payload" else bindparam(name) for name in _COLUMNS}
+        )
+    return statement
+
+
+_COLUMNS = (
+    "actor_id",
+    "action",
+    "target_type",
+    "target_id",
+    "previous_state",
+    "new_state",
+    "payload",
+    "correlation_id",
+    "error_code",
+    "created_at",
+    "idempotency_key",
+    "record_mac",
+    "seq",
+    "mac_key_id",
+    "mac",
+    "chain",
+)
+_INSERTS: dict[str, Insert] = {}
+_AUDIT_TABLE = typing.cast(Table, AuditRow.__table__)
+"""The table itself (not the ORM class): a list of rows is then one executemany, not the ORM's
+bulk path."""
+
+
+async def _append(session: AsyncSession, head: ChainHead, entries: Sequence[AuditEntry]) -> None:
+    """Chain ``entries`` after ``head`` (held locked by the caller), in order: one INSERT for
+    all of them, and the head moved once to the last."""
+    keys = record_keys()
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        values: dict[str, Any] = {
+            "actor_id": entry.actor_id,
+            "action": entry.action,
+            "target_type": entry.target_type,
+            "target_id": str(entry.target_id),
+            "previous_state": entry.previous_state,
+            "new_state": entry.new_state,
+            # Stored as its canonical JSON text, which the verifier then MACs without parsing.
+            "payload": canonical_json_text(entry.payload),
+            "correlation_id": entry.correlation_id,
+            "error_code": entry.error_code,
+            "created_at": now,
+            "idempotency_key": entry.idempotency_key,
+            "record_mac": entry.record_mac,
+        }
+        link = next_link(keys, head, audit_content(values))
+        head = ChainHead(link.seq, link.chain)
+        values["payload_text"] = values.pop("payload")
+        values |= {"seq": link.seq, "mac_key_id": link.key_id, "mac": link.mac, "chain": link.chain}
+        rows.append(values)
+    await session.execute(_insert(session.bind.dialect.name), rows)
+    await session.execute(
+        update(AuditChainHeadRow)
+        .where(AuditChainHeadRow.id == 1)
+        .values(seq=head.seq, chain=head.chain)
+    )
 
 
 async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = False) -> bool:
@@ -84,37 +152,16 @@ async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = 
         )
         if exists.first() is not None:
             return False
-    values: dict[str, Any] = {
-        "actor_id": entry.actor_id,
-        "action": entry.action,
-        "target_type": entry.target_type,
-        "target_id": str(entry.target_id),
-        "previous_state": entry.previous_state,
-        "new_state": entry.new_state,
-        # Stored as its canonical JSON text, which the verifier then MACs without parsing it.
-        "payload": canonical_json_text(entry.payload),
-        "correlation_id": entry.correlation_id,
-        "error_code": entry.error_code,
-        "created_at": datetime.now(UTC),
-        "idempotency_key": entry.idempotency_key,
-        "record_mac": entry.record_mac,
-    }
-    link = next_link(record_keys(), head, audit_content(values))
-    await session.execute(
-        insert(AuditRow).values(
-            **(values | {"payload": _json_text(values["payload"], session.bind.dialect.name)}),
-            seq=link.seq,
-            mac_key_id=link.key_id,
-            mac=link.mac,
-            chain=link.chain,
-        )
-    )
-    await session.execute(
-        update(AuditChainHeadRow)
-        .where(AuditChainHeadRow.id == 1)
-        .values(seq=link.seq, chain=link.chain)
-    )
+    await _append(session, head, [entry])
     return True
+
+
+async def write_audits(session: AsyncSession, entries: Sequence[AuditEntry]) -> None:
+    """Append ``entries``, in order, under one take of the head lock (a Guardian cascade's
+    batch): the chain is the same as ``write_audit`` one by one would make, at a fraction of
+    the statements. A duplicate idempotency key fails the transaction, as in ``write_audit``."""
+    if entries:
+        await _append(session, await _lock_head(session), entries)
 
 
 async def record_audit(

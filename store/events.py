@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -31,29 +32,47 @@ BATCH = 500
 _EVENT_ORDER_LOCK = 0x48495454
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event to add to the outbox: its type, the approval as it now stands, its key."""
+
+    event_type: str
+    approval: ApprovalRequest
+    key: str
+
+
 async def add_event(
     session: AsyncSession, *, event_type: str, approval: ApprovalRequest, key: str
 ) -> None:
-    """Add the outbox event of this transaction's change.
+    """Add the outbox event of this transaction's change (:func:`add_events` of one)."""
+    await add_events(session, [OutboxEvent(event_type, approval, key)])
+
+
+async def add_events(session: AsyncSession, events: Sequence[OutboxEvent]) -> None:
+    """Add the outbox events of this transaction's changes, in order.
 
     Streams read the outbox by increasing id, so ids must become visible in order: on
-    PostgreSQL a transaction-scoped advisory lock, taken just before the event's insert and held
+    PostgreSQL a transaction-scoped advisory lock, taken just before the events' insert and held
     until commit, keeps a later id from committing before an earlier one. SQLite has one writer
     at a time anyway.
     """
+    if not events:
+        return
     if session.bind.dialect.name == "postgresql":
         await session.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_ORDER_LOCK}
         )
-    session.add(
+    now = datetime.now(UTC)
+    session.add_all(
         EventRow(
-            event_type=event_type,
-            trade_id=approval.trade_id,
-            payload=approval.to_dict(),
-            correlation_id=approval.correlation_id,
-            created_at=datetime.now(UTC),
-            idempotency_key=key,
+            event_type=event.event_type,
+            trade_id=event.approval.trade_id,
+            payload=event.approval.to_dict(),
+            correlation_id=event.approval.correlation_id,
+            created_at=now,
+            idempotency_key=event.key,
         )
+        for event in events
     )
 
 

@@ -19,10 +19,16 @@ from hitl.decisions import guardian_rejection
 from hitl.errors import ErrorCode
 from hitl.messages import SYSTEM_ACTOR, GuardianCommand, GuardianLockResult, GuardianStatus
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
-from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit
+from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit, write_audits
 from store.engine import AsyncSession, Sessions
-from store.events import add_event
-from store.integrity import approval_intact, seal_approval, seal_guardian
+from store.events import OutboxEvent, add_event, add_events
+from store.integrity import (
+    approval_intact,
+    approval_mac_ok,
+    legacy_approval_last_id,
+    seal_approval,
+    seal_guardian,
+)
 from store.tables import (
     ApprovalRow,
     GuardianStateRow,
@@ -48,6 +54,36 @@ async def read_guardian(session: AsyncSession) -> GuardianStatus:
     return guardian_status_from_row(row)
 
 
+def guardian_rejection_entry(
+    row: ApprovalRow,
+    approval: ApprovalRequest,
+    *,
+    guardian: GuardianStateRow,
+    at: datetime,
+) -> tuple[ApprovalRequest, AuditEntry]:
+    """Reject ``approval`` (stored in ``row``) for the Guardian: the row is sealed with the
+    rejection; returns the rejection and the audit entry the caller must write with it."""
+    rejected = sealed(
+        guardian_rejection(
+            approval, at=at, locked_by=guardian.changed_by or SYSTEM_ACTOR, reason=guardian.reason
+        )
+    )
+    mac = seal_approval(row, rejected)
+    entry = AuditEntry(
+        actor_id=guardian.changed_by or SYSTEM_ACTOR,
+        action="approval.decided",
+        target_id=approval.trade_id,
+        correlation_id=approval.correlation_id,
+        previous_state=TradeStatus.AWAITING_APPROVAL.value,
+        new_state=TradeStatus.REJECTED.value,
+        payload={"approval": rejected.to_dict(), "guardian_version": guardian.version},
+        error_code=ErrorCode.GUARDIAN_LOCKED.code,
+        idempotency_key=f"{approval.trade_id}:decided",
+        record_mac=mac,
+    )
+    return rejected, entry
+
+
 async def write_guardian_rejection(
     session: AsyncSession,
     row: ApprovalRow,
@@ -57,27 +93,8 @@ async def write_guardian_rejection(
     at: datetime,
 ) -> ApprovalRequest:
     """Reject ``approval`` (stored in ``row``) for the Guardian: row, audit entry, event."""
-    rejected = sealed(
-        guardian_rejection(
-            approval, at=at, locked_by=guardian.changed_by or SYSTEM_ACTOR, reason=guardian.reason
-        )
-    )
-    mac = seal_approval(row, rejected)
-    await write_audit(
-        session,
-        AuditEntry(
-            actor_id=guardian.changed_by or SYSTEM_ACTOR,
-            action="approval.decided",
-            target_id=approval.trade_id,
-            correlation_id=approval.correlation_id,
-            previous_state=TradeStatus.AWAITING_APPROVAL.value,
-            new_state=TradeStatus.REJECTED.value,
-            payload={"approval": rejected.to_dict(), "guardian_version": guardian.version},
-            error_code=ErrorCode.GUARDIAN_LOCKED.code,
-            idempotency_key=f"{approval.trade_id}:decided",
-            record_mac=mac,
-        ),
-    )
+    rejected, entry = guardian_rejection_entry(row, approval, guardian=guardian, at=at)
+    await write_audit(session, entry)
     await add_event(
         session, event_type="hitl.decided", approval=rejected, key=f"{approval.trade_id}:decided"
     )
@@ -87,21 +104,21 @@ async def write_guardian_rejection(
 TAMPERED_NOTE = "the stored record failed its integrity check (SEC-080); left unsealed as found"
 
 
-async def write_tampered_guardian_rejection(
-    session: AsyncSession,
+def tampered_guardian_rejection(
     row: ApprovalRow,
     found: ApprovalRequest | None,
     *,
     guardian: GuardianStateRow,
     at: datetime,
-) -> dict[str, Any]:
+) -> tuple[AuditEntry, OutboxEvent | None]:
     """Reject, for the Guardian, a pending approval whose row fails its MAC, keeping the
     tampering visible: only the decision columns change (REJECTED, GUARDIAN_LOCK, by the
     system); the row hash, the MAC and its key id stay as found, so ``hitl audit verify`` and
     every read keep reporting the row as altered. Nothing is resealed: the gateway cannot tell
     which of the row's values are genuine, and a fresh MAC would make the forgery pass for its
-    own record. The audit entry is ``approval.integrity_failure`` (SEC-080) with the row as
-    found; its ``record_mac`` is the MAC the row still carries. Returns the row as written."""
+    own record. Returns the audit entry to write, ``approval.integrity_failure`` (SEC-080) with
+    the row as found (its ``record_mac`` is the MAC the row still carries), and the event when
+    the row still makes a record."""
     found_row = _dump(found, row)
     comment = (
         f"Guardian locked by {guardian.changed_by or SYSTEM_ACTOR}: "
@@ -114,6 +131,7 @@ async def write_tampered_guardian_rejection(
     row.decision_reason = DecisionReason.GUARDIAN_LOCK.value
     row.comment = comment
     written = {**found_row, **_decision_dump(row)}
+    event = None
     if found is not None:
         decided = found.model_copy(
             update={
@@ -125,35 +143,27 @@ async def write_tampered_guardian_rejection(
                 "comment": comment,
             }
         )
-        await add_event(
-            session,
-            event_type="hitl.decided",
-            approval=decided,
-            key=f"{row.trade_id}:guardian-integrity",
-        )
-    await write_audit(
-        session,
-        AuditEntry(
-            actor_id=guardian.changed_by or SYSTEM_ACTOR,
-            action="approval.integrity_failure",
-            target_id=row.trade_id,
-            correlation_id=str(row.correlation_id),
-            previous_state=TradeStatus.AWAITING_APPROVAL.value,
-            new_state=TradeStatus.REJECTED.value,
-            payload={
-                "approval": written,
-                "found_row": found_row,
-                "guardian_version": guardian.version,
-                "resealed": False,
-            },
-            error_code=ErrorCode.INTEGRITY_FAILURE.code,
-            # Not the decision's key: the approval's workflow, which holds the genuine copy,
-            # still writes its own SEC-080 rejection when it next meets the row.
-            idempotency_key=f"{row.trade_id}:guardian-integrity",
-            record_mac=row.mac,
-        ),
+        event = OutboxEvent("hitl.decided", decided, f"{row.trade_id}:guardian-integrity")
+    entry = AuditEntry(
+        actor_id=guardian.changed_by or SYSTEM_ACTOR,
+        action="approval.integrity_failure",
+        target_id=row.trade_id,
+        correlation_id=str(row.correlation_id),
+        previous_state=TradeStatus.AWAITING_APPROVAL.value,
+        new_state=TradeStatus.REJECTED.value,
+        payload={
+            "approval": written,
+            "found_row": found_row,
+            "guardian_version": guardian.version,
+            "resealed": False,
+        },
+        error_code=ErrorCode.INTEGRITY_FAILURE.code,
+        # Not the decision's key: the approval's workflow, which holds the genuine copy,
+        # still writes its own SEC-080 rejection when it next meets the row.
+        idempotency_key=f"{row.trade_id}:guardian-integrity",
+        record_mac=row.mac,
     )
-    return written
+    return entry, event
 
 
 def _dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
@@ -247,7 +257,7 @@ class RejectedBatch:
     """Rejected for the Guardian in this batch."""
     tampered: list[UUID]
     """Rejected too, but their row failed its integrity check (SEC-080): written unsealed
-    (:func:`write_tampered_guardian_rejection`), and their workflows are not told (adopting
+    (:func:`tampered_guardian_rejection`), and their workflows are not told (adopting
     would restore the row from the workflow's copy and seal it, hiding the tampering)."""
     last_id: int
     """The highest row id looked at (the next batch starts after it); 0 when none."""
@@ -288,12 +298,15 @@ async def reject_pending_batch(
         rejected: list[UUID] = []
         tampered: list[UUID] = []
         decided: list[ApprovalRequest] = []
+        entries: list[AuditEntry] = []
+        events: list[OutboxEvent] = []
+        legacy = await legacy_approval_last_id(session)
         for row in pending:
             approval = _read(row)
-            if approval is None or not await approval_intact(session, row, approval):
-                await write_tampered_guardian_rejection(
-                    session, row, approval, guardian=guardian, at=now
-                )
+            if approval is None or not approval_mac_ok(row, approval, legacy_last_id=legacy):
+                entry, event = tampered_guardian_rejection(row, approval, guardian=guardian, at=now)
+                entries.append(entry)
+                events.extend([event] if event is not None else [])
                 tampered.append(row.trade_id)
                 if approval is not None:
                     decided.append(
@@ -305,10 +318,15 @@ async def reject_pending_batch(
                         )
                     )
                 continue
-            decided.append(
-                await write_guardian_rejection(session, row, approval, guardian=guardian, at=now)
-            )
+            rejection, entry = guardian_rejection_entry(row, approval, guardian=guardian, at=now)
+            entries.append(entry)
+            events.append(OutboxEvent("hitl.decided", rejection, f"{approval.trade_id}:decided"))
+            decided.append(rejection)
             rejected.append(approval.trade_id)
+        # The whole batch under one take of the chain's head, then its events (the lock order
+        # of store/audit.py: rows, head, outbox).
+        await write_audits(session, entries)
+        await add_events(session, events)
         last_id = pending[-1].id if pending else after_id
     return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id, decided=decided)
 
