@@ -27,9 +27,10 @@ from hitl.models import ApprovalRequest
 from hitl.signing import CommandAction, CommandSigner
 from store.engine import Sessions
 from store.guardian import (
+    REJECT_BATCH,
     lock_guardian,
     reject_pending_batch,
-    rejected_after,
+    rejected_by_lock,
     unlock_guardian,
 )
 
@@ -37,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 NOTICE_CONCURRENCY = 10
 """Approval messages edited at once after a lock (Discord limits edits per channel)."""
+_REJECTING, _TELLING = 0, 1
+"""The cascade's two passes, as its heartbeat records them."""
 SIGNAL_CONCURRENCY = 100
 """Signals in flight at once during a fan-out (about 2 s for 1,000 on the dev server)."""
 
@@ -51,8 +54,11 @@ class GuardianActivities:
         client: Client,
         signer: CommandSigner,
         notifier: Notifier | None = None,
+        *,
+        reject_batch: int = REJECT_BATCH,
     ) -> None:
         self._sessions = sessions
+        self._reject_batch = reject_batch
         self._client = client
         self._signer = signer
         self._notifier = notifier or ConsoleNotifier()
@@ -105,29 +111,64 @@ class GuardianActivities:
 
     @activity.defn(name="cascade_guardian_lock")
     async def cascade_guardian_lock(self, notice: GuardianLockNotice) -> int:
-        """After the lock is acknowledged: reject what is still pending, ``REJECT_BATCH`` rows
-        per transaction, and tell each batch's workflows to adopt their rejection. The
-        heartbeat records the last row done, so a retry resumes there (telling again the
-        batch it may have committed but not told). Stops at once if the Guardian is unlocked.
+        """After the lock is acknowledged, in two passes: first reject what is still pending,
+        ``REJECT_BATCH`` rows per transaction, so that every pending approval is REJECTED as
+        soon as the database can write it; then tell the rejected approvals' workflows to adopt
+        their rejection and end each one's message, ``TELL_BATCH`` at a time (with thousands
+        pending, telling the workflows is the slow part: one workflow task each). The
+        heartbeat records the pass and the last row done, so a retry resumes there. Rejecting
+        stops at once if the Guardian is unlocked; telling goes on (those rows are rejected).
         Returns how many approvals it rejected (this attempt and the ones before)."""
         details = activity.info().heartbeat_details
-        after_id, total = (int(details[0]), int(details[1])) if details else (0, 0)
-        if details or activity.info().attempt > 1:
-            resumed = await rejected_after(self._sessions, after_id=after_id)
-            await self._tell(notice, resumed)
-            total += len(resumed)
+        # (pass, last row id, rejected so far); an attempt of the one-pass version left
+        # (last row id, rejected so far): it resumes rejecting, and tells all of them after.
+        if len(details) == 3:
+            step, after_id, total = (int(d) for d in details)
+        elif len(details) == 2:
+            step, after_id, total = _REJECTING, int(details[0]), int(details[1])
+        else:
+            step, after_id, total = _REJECTING, 0, 0
+        if step == _REJECTING:
+            while True:
+                batch = await reject_pending_batch(
+                    self._sessions, after_id=after_id, limit=self._reject_batch
+                )
+                if batch.last_id == after_id:
+                    break
+                for trade_id in batch.tampered:
+                    await self._alert_tampered(notice, trade_id)
+                count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
+                after_id = batch.last_id
+                total += len(batch.rejected) + len(batch.tampered)
+                progress = (_REJECTING, after_id, total)
+                # Tampered rows' workflows are never told; their messages are ended now.
+                tampered = set(batch.tampered)
+                await self._end_messages(
+                    notice, [a for a in batch.decided if a.trade_id in tampered], progress=progress
+                )
+                activity.heartbeat(*progress)
+            log.warning(
+                "guardian cascade: every pending approval rejected",
+                correlation_id=notice.correlation_id,
+                actor="worker",
+                action="guardian.cascade",
+                result="rejected",
+                error_code=ErrorCode.GUARDIAN_LOCKED.code,
+                rejected=total,
+            )
+            step, after_id = _TELLING, 0
         while True:
-            batch = await reject_pending_batch(self._sessions, after_id=after_id)
-            if batch.last_id == after_id:
+            page = await rejected_by_lock(
+                self._sessions, locked_at=notice.locked_at, after_id=after_id
+            )
+            if not page:
                 break
-            for trade_id in batch.tampered:
-                await self._alert_tampered(notice, trade_id)
-            count_guardian_rejections(len(batch.rejected) + len(batch.tampered))
-            await self._tell(notice, batch.rejected)
-            await self._end_messages(notice, batch.decided, progress=(after_id, total))
-            after_id = batch.last_id
-            total += len(batch.rejected) + len(batch.tampered)
-            activity.heartbeat(after_id, total)
+            after_id = page[-1][0]
+            progress = (_TELLING, after_id, total)
+            approvals = [approval for _, approval in page]
+            await self._tell(notice, [approval.trade_id for approval in approvals])
+            await self._end_messages(notice, approvals, progress=progress)
+            activity.heartbeat(*progress)
         log.warning(
             "guardian cascade done",
             correlation_id=notice.correlation_id,
@@ -144,7 +185,7 @@ class GuardianActivities:
         notice: GuardianLockNotice,
         decided: list[ApprovalRequest],
         *,
-        progress: tuple[int, int],
+        progress: tuple[int, ...],
     ) -> None:
         """Show each rejection on its approval's message (Discord: the message is edited, its
         buttons removed, not deleted); the workflows do not send this notice for a Guardian

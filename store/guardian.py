@@ -23,7 +23,6 @@ from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit, write_audits
 from store.engine import AsyncSession, Sessions
 from store.events import OutboxEvent, add_event, add_events
 from store.integrity import (
-    approval_intact,
     approval_mac_ok,
     legacy_approval_last_id,
     seal_approval,
@@ -339,29 +338,36 @@ def _read(row: ApprovalRow) -> ApprovalRequest | None:
         return None
 
 
-async def rejected_after(sessions: Sessions, *, after_id: int) -> list[UUID]:
-    """The approvals the standing lock rejected, in rows after ``after_id``: a resumed cascade
-    tells these again, since the batch it was in may have committed before it could. Rows
-    written unsealed for failing their MAC are left out (their workflows are never told)."""
+TELL_BATCH = 500
+"""Rejected approvals read per page when their workflows are told after a lock."""
+
+
+async def rejected_by_lock(
+    sessions: Sessions, *, locked_at: datetime, after_id: int = 0, limit: int = TELL_BATCH
+) -> list[tuple[int, ApprovalRequest]]:
+    """The approvals the lock of ``locked_at`` rejected, in rows after ``after_id`` (at most
+    ``limit``, by row id): each with its row id, as the cascade stored it. Their workflows are
+    told after every batch is written, so this is read whether the Guardian is still locked or
+    not (an unlock does not leave a rejection untold). Rows written unsealed for failing their
+    MAC are left out: their workflows are never told."""
     async with sessions() as session:
-        guardian = await guardian_state(session, for_update=False)
-        if not guardian.locked or guardian.since is None:
-            return []
         rows = await session.execute(
             select(ApprovalRow)
             .where(
                 ApprovalRow.id > after_id,
                 ApprovalRow.decision_reason == DecisionReason.GUARDIAN_LOCK.value,
-                ApprovalRow.decided_at >= guardian.since,
+                ApprovalRow.decided_at >= locked_at,
             )
             .order_by(ApprovalRow.id)
+            .limit(limit)
         )
-        told: list[UUID] = []
+        legacy = await legacy_approval_last_id(session)
+        found: list[tuple[int, ApprovalRequest]] = []
         for row in rows.scalars():
             approval = _read(row)
-            if approval is not None and await approval_intact(session, row, approval):
-                told.append(row.trade_id)
-        return told
+            if approval is not None and approval_mac_ok(row, approval, legacy_last_id=legacy):
+                found.append((row.id, approval))
+        return found
 
 
 async def pending_remaining(session: AsyncSession) -> int:

@@ -14,7 +14,7 @@ from store.guardian import (
     pending_remaining,
     read_guardian,
     reject_pending_batch,
-    rejected_after,
+    rejected_by_lock,
     unlock_guardian,
 )
 from tests.store.helpers import stored_approval
@@ -38,14 +38,21 @@ async def test_lock_rejects_the_pending_once_and_unlock_reopens(engine: AsyncEng
     assert first.rejected == [a.trade_id for a in pending[:2]]
     async with sessions() as session:
         assert await pending_remaining(session) == 1
-    # A resumed cascade finds what the standing lock rejected after a row it had reached.
-    assert await rejected_after(sessions, after_id=0) == first.rejected
+    # The workflows are told from what the lock rejected, read back a page at a time.
+    since = locked.result.status.since
+    assert since is not None
+    told = await rejected_by_lock(sessions, locked_at=since, limit=1)
+    assert [a.trade_id for _, a in told] == first.rejected[:1]
+    rest_told = await rejected_by_lock(sessions, locked_at=since, after_id=told[0][0])
+    assert [a.trade_id for _, a in rest_told] == first.rejected[1:]
+    assert all(a.decision_reason is DecisionReason.GUARDIAN_LOCK for _, a in rest_told)
     rest = await reject_pending_batch(sessions, after_id=first.last_id, limit=2)
     assert rest.rejected == [pending[2].trade_id]
     assert (await reject_pending_batch(sessions, after_id=rest.last_id)).rejected == []
     async with sessions() as session:
         assert await pending_remaining(session) == 0
-    assert await rejected_after(sessions, after_id=0) == [a.trade_id for a in pending]
+    everything = await rejected_by_lock(sessions, locked_at=since)
+    assert [a.trade_id for _, a in everything] == [a.trade_id for a in pending]
     # Again while locked: nothing new is written.
     again = await lock_guardian(sessions, command("drawdown"))
     assert not again.engaged
@@ -57,6 +64,8 @@ async def test_lock_rejects_the_pending_once_and_unlock_reopens(engine: AsyncEng
 
     status = await unlock_guardian(sessions, command("recovered"))
     assert not status.locked and status.version == 2
+    # Telling goes on after an unlock: those approvals stay rejected.
+    assert len(await rejected_by_lock(sessions, locked_at=since)) == 3
     assert (await unlock_guardian(sessions, command("recovered"))).version == 2
     async with sessions() as session:
         assert await read_guardian(session) == status
