@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.audit import AuditActivities
 from activities.discord_notifier import notifier_from_settings
@@ -118,6 +118,15 @@ class GatewayWorkers:
             await stack.aclose()
 
 
+WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
+"""The workflows run without Temporal's sandbox in the worker (issue 19): the sandbox imports
+``workflows/approval.py`` afresh for every workflow run, a third of the worker's CPU per approval
+(docs/benchmarks.md). Its determinism checks are kept where they catch mistakes, in CI: the tests
+replay every committed history, and histories the current code has just written, in the sandbox
+(``tests/workflows/test_replay.py``); the workflows stay deterministic and free of I/O by the
+same rules (``workflow.now()``, activities for every read and write)."""
+
+
 def build_worker(
     client: Client,
     *,
@@ -145,6 +154,7 @@ def build_worker(
         activities=activities,
         max_cached_workflows=max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        workflow_runner=WORKFLOW_RUNNER,
     )
     guardian = Worker(
         client,
@@ -153,6 +163,7 @@ def build_worker(
         activities=activities,
         max_cached_workflows=GUARDIAN_CACHED_WORKFLOWS,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        workflow_runner=WORKFLOW_RUNNER,
     )
     return GatewayWorkers(approvals, guardian)
 
