@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
 from activities.market_providers import SimulatedMarketData
 from activities.notifications import ConsoleNotifier
 from activities.policy import WorkerTrust
+from bench.databases import fresh_database
 from hitl.keys import ensure_keyrings
 from hitl.messages import GuardianCommand, RecordRequestInput
 from hitl.models import ApprovalRequest, Side, TradeProposal
@@ -105,10 +107,17 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def measure(env: WorkflowEnvironment, size: int, samples: int) -> dict[str, Any]:
-    """Lock latency and time to all REJECTED with ``size`` pending."""
+async def measure(
+    env: WorkflowEnvironment, size: int, samples: int, database_url: str | None = None
+) -> dict[str, Any]:
+    """Lock latency and time to all REJECTED with ``size`` pending, on a fresh database: an
+    SQLite file, or a new database on the PostgreSQL server of ``database_url``."""
     folder = Path(tempfile.mkdtemp(prefix="hitl-guardian-bench-"))
-    url = f"sqlite+aiosqlite:///{folder / 'hitl.db'}"
+    async with fresh_database(database_url, folder) as url:
+        return await _measure(env, size, samples, url)
+
+
+async def _measure(env: WorkflowEnvironment, size: int, samples: int, url: str) -> dict[str, Any]:
     await asyncio.to_thread(upgrade_to_head, url)
     engine = create_engine(url)
     sessions = session_factory(engine, writer=True)
@@ -163,6 +172,7 @@ async def measure(env: WorkflowEnvironment, size: int, samples: int) -> dict[str
         await env.client.get_workflow_handle(f"hitl-guardian-{task_queue}").terminate("done")
     await engine.dispose()
     return {
+        "database": make_url(url).get_backend_name(),
         "pending": size,
         "pending_at_final_lock": at_lock,
         "samples": len(lock_ms),
@@ -180,6 +190,12 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="0,1000,10000")
     parser.add_argument("--samples", type=int, default=30, help="lock calls per size")
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL URL: each size uses a fresh database on that server"
+        " (default: a fresh SQLite file)",
+    )
     args = parser.parse_args(argv)
     # Keyrings of its own unless HITL_KEYS_DIR names some (as the test suite does).
     if not os.environ.get("HITL_KEYS_DIR"):
@@ -195,7 +211,7 @@ async def main(argv: list[str] | None = None) -> None:
     )
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            result = await measure(env, size, args.samples)
+            result = await measure(env, size, args.samples, args.database_url)
             line = json.dumps(result)
             print(line, flush=True)
             if args.output is not None:
