@@ -166,7 +166,8 @@ def _figures(sizes: Sizes) -> tuple[Figure, ...]:
         Figure(
             "Guardian cascade",
             f"lock acknowledged → all {sizes.cascade:,} pending recorded REJECTED"
-            " (they are rejected in the lock's own transaction)",
+            " (the lock writes only itself; the cascade rejects them after it, in batches, then"
+            " tells their workflows)",
             "≤ 10 s",
             (Part("cascade_rejected_s", "", " s", 3),),
             _at_most("cascade_rejected_s", 10),
