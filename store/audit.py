@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, insert, select, text, update
+from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hitl.audit_chain import ChainHead, audit_content, next_link
 from hitl.record_mac import canonical_json_text
 from store.integrity import record_keys
-from store.tables import AuditChainHeadRow, AuditRow, AuditVerificationRow
+from store.tables import AuditRow, AuditVerificationRow
 
 APPROVAL_TARGET = "approval"
 GUARDIAN_TARGET = "guardian"
@@ -56,6 +56,9 @@ class AuditEntry:
 
 
 _LOCK_HEAD = text("UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, chain")
+_MOVE_HEAD = text("UPDATE audit_chain_head SET seq = :seq, chain = :chain WHERE id = 1")
+"""Plain statements, not the ORM's ``update()``: an ORM UPDATE through a session first looks
+for the objects it changes among every object the session holds (3 ms of CPU per entry)."""
 
 
 async def _lock_head(session: AsyncSession) -> ChainHead:
@@ -130,11 +133,7 @@ async def _append(session: AsyncSession, head: ChainHead, entries: Sequence[Audi
         values |= {"seq": link.seq, "mac_key_id": link.key_id, "mac": link.mac, "chain": link.chain}
         rows.append(values)
     await session.execute(_insert(session.bind.dialect.name), rows)
-    await session.execute(
-        update(AuditChainHeadRow)
-        .where(AuditChainHeadRow.id == 1)
-        .values(seq=head.seq, chain=head.chain)
-    )
+    await session.execute(_MOVE_HEAD, {"seq": head.seq, "chain": head.chain})
 
 
 async def write_audit(session: AsyncSession, entry: AuditEntry, *, once: bool = False) -> bool:
