@@ -8,6 +8,7 @@ holds it, so a row edited behind the gateway's back cannot be given a valid MAC.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,18 @@ def record_keys() -> Keyring:
     Raises:
         ConfigurationError: SEC-040 with the fix, when the keyring is missing or malformed.
     """
-    folder = keys_dir_from_environment().resolve()
+    folder = _resolved(keys_dir_from_environment())
     keyring = _keyrings.get(folder)
     if keyring is None:
         keyring = _keyrings[folder] = KeyringFile(folder, KeyPurpose.RECORD)
     return keyring.current()
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(folder: Path) -> Path:
+    """``folder`` made absolute, once per folder named (``resolve`` walks the path on disk:
+    about 60 µs, and the keyring is asked for at every seal and every check)."""
+    return folder.resolve()
 
 
 def seal(kind: RecordKind, fields: Any) -> Sealed:
