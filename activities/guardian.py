@@ -44,6 +44,18 @@ SIGNAL_CONCURRENCY = 100
 """Signals in flight at once during a fan-out (about 2 s for 1,000 on the dev server)."""
 
 
+def _log_cascade(event: str, notice: GuardianLockNotice, *, result: str, total: int) -> None:
+    log.warning(
+        event,
+        correlation_id=notice.correlation_id,
+        actor="worker",
+        action="guardian.cascade",
+        result=result,
+        error_code=ErrorCode.GUARDIAN_LOCKED.code,
+        rejected=total,
+    )
+
+
 class GuardianActivities:
     """The Guardian's I/O; built in ``worker.py`` with sessions, the Temporal client and the
     signer of the lock notices."""
@@ -147,14 +159,11 @@ class GuardianActivities:
                     notice, [a for a in batch.decided if a.trade_id in tampered], progress=progress
                 )
                 activity.heartbeat(*progress)
-            log.warning(
+            _log_cascade(
                 "guardian cascade: every pending approval rejected",
-                correlation_id=notice.correlation_id,
-                actor="worker",
-                action="guardian.cascade",
+                notice,
                 result="rejected",
-                error_code=ErrorCode.GUARDIAN_LOCKED.code,
-                rejected=total,
+                total=total,
             )
             step, after_id = _TELLING, 0
         while True:
@@ -169,15 +178,7 @@ class GuardianActivities:
             await self._tell(notice, [approval.trade_id for approval in approvals])
             await self._end_messages(notice, approvals, progress=progress)
             activity.heartbeat(*progress)
-        log.warning(
-            "guardian cascade done",
-            correlation_id=notice.correlation_id,
-            actor="worker",
-            action="guardian.cascade",
-            result="done",
-            error_code=ErrorCode.GUARDIAN_LOCKED.code,
-            rejected=total,
-        )
+        _log_cascade("guardian cascade done", notice, result="done", total=total)
         return total
 
     async def _end_messages(

@@ -22,7 +22,7 @@ from uuid import UUID
 from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from hitl.audit_chain import ChainHead, audit_content, next_link
+from hitl.audit_chain import AUDIT_CONTENT_FIELDS, ChainHead, audit_content, next_link
 from hitl.record_mac import canonical_json_text
 from store.integrity import record_keys
 from store.tables import AuditRow, AuditVerificationRow
@@ -81,24 +81,8 @@ def _insert(dialect: str) -> Insert:
     return statement
 
 
-_COLUMNS = (
-    "actor_id",
-    "action",
-    "target_type",
-    "target_id",
-    "previous_state",
-    "new_state",
-    "payload",
-    "correlation_id",
-    "error_code",
-    "created_at",
-    "idempotency_key",
-    "record_mac",
-    "seq",
-    "mac_key_id",
-    "mac",
-    "chain",
-)
+_COLUMNS = (*AUDIT_CONTENT_FIELDS, "seq", "mac_key_id", "mac", "chain")
+"""Every column an append writes: the content its MAC covers, then its place in the chain."""
 _INSERTS: dict[str, Insert] = {}
 _AUDIT_TABLE = typing.cast(Table, AuditRow.__table__)
 """The table itself (not the ORM class): a list of rows is then one executemany, not the ORM's
