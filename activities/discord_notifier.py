@@ -175,16 +175,11 @@ class DiscordNotifier:
         live buttons. Read after the message's record is committed: a decision recorded later
         finds the message itself (:meth:`approval_decided`), so one of the two always shows it.
         """
-        original = await self._channel.posted(approval_message_key(trade_id))
-        if original is None:
-            return
         current = await verified_approval(self._sessions, trade_id)
         if current is None:
             return  # nothing trustworthy to show: the buttons stay, the workflow decides
-        if current.is_decided:
-            await self._channel.replace(original, embed=outcome_embed(current))
-        elif current.approvers:
-            await self._channel.retext(original, content=approval_text(current))
+        if current.is_decided or current.approvers:
+            await self.approval_decided(current)
 
     async def approval_expired(self, approval: ApprovalRequest) -> None:
         """Take the buttons off the approval message and post the timeout notice."""

@@ -98,8 +98,9 @@ class PreviewRefresher:
         self._edits_per_cycle = edits_per_cycle
         self._spacing = spacing_seconds
         self._next_slot = 0.0
-        self._shown: dict[int, str | None] = {}
-        """Message id → the Market text it shows, as last read or written (None: gone)."""
+        self._shown: dict[UUID, str | None] = {}
+        """Trade id → the Market text its message shows, as last read or written (None: the
+        message is gone or decided)."""
 
     async def run(self, every_seconds: float) -> None:
         """Refresh every ``every_seconds`` until cancelled; a failed cycle is logged only."""
@@ -125,31 +126,32 @@ class PreviewRefresher:
             return 0  # not logged in (yet): nothing can be read or edited
         async with self._sessions() as session:
             pending = [record for record in await pending_approvals(session) if record.integrity_ok]
-        live: set[int] = set()
+        # Forget the messages of approvals no longer pending (those past this cycle's limit
+        # are still pending: what they show is kept).
+        for trade_id in set(self._shown) - {record.trade_id for record in pending}:
+            del self._shown[trade_id]
         touched = edited = 0
         for record in pending:  # soonest deadline first
             if touched >= self._edits_per_cycle:
                 break
+            if self._shown.get(record.trade_id, "") is None:
+                continue  # its message was deleted, or shows a decision
             posted = await posted_message(self._sessions, approval_message_key(record.trade_id))
             if posted is None:
                 continue  # not posted (yet)
-            live.add(posted.message_id)
             approval = await self._pending(record.trade_id)
-            if approval is None or self._shown.get(posted.message_id, "") is None:
-                continue  # decided meanwhile, or its message was deleted
+            if approval is None:
+                continue  # decided meanwhile
             preview = await self._previews.preview(approval)
             if preview is None:
                 continue  # no quote in time (logged): the next cycle tries again
             text = preview_field(preview, at_posting=False)
-            if self._shown.get(posted.message_id) == text:
+            if self._shown.get(record.trade_id) == text:
                 continue  # unchanged: nothing to send
             touched += 1
             await self._pace()
             async with asyncio.timeout(TOUCH_SECONDS):
                 edited += await self._touch(posted, approval, text)
-        # Forget the messages of approvals no longer pending.
-        for message_id in set(self._shown) - live:
-            del self._shown[message_id]
         return edited
 
     async def _pace(self) -> None:
@@ -174,14 +176,14 @@ class PreviewRefresher:
         try:
             message = await channel.fetch_message(posted.message_id)
         except discord.NotFound:
-            self._shown[posted.message_id] = None  # deleted by someone: leave it be
+            self._shown[approval.trade_id] = None  # deleted by someone: leave it be
             return 0
         if not message.embeds or not message.components:
             # Its buttons are gone: decided, whatever the database said a moment ago.
-            self._shown[posted.message_id] = None
+            self._shown[approval.trade_id] = None
             return 0
         if _shown_market(message) == text:
-            self._shown[posted.message_id] = text
+            self._shown[approval.trade_id] = text
             return 0
         updated = _with_market(message.embeds[0], text)
         if await self._pending(approval.trade_id) is None:
@@ -191,9 +193,9 @@ class PreviewRefresher:
             # sent (a partial message's edit, unlike a fetched one's, sends no flags).
             await channel.get_partial_message(posted.message_id).edit(embed=updated)
         except discord.NotFound:
-            self._shown[posted.message_id] = None
+            self._shown[approval.trade_id] = None
             return 0
-        self._shown[posted.message_id] = text
+        self._shown[approval.trade_id] = text
         log.info(
             "approval message's market preview refreshed",
             correlation_id=approval.correlation_id,
@@ -214,7 +216,7 @@ class PreviewRefresher:
         approval = await verified_approval(self._sessions, trade_id)
         if approval is None or not approval.is_decided:
             return  # still pending: a decision from now on edits after us
-        self._shown[posted.message_id] = None
+        self._shown[trade_id] = None
         with contextlib.suppress(discord.NotFound):
             await channel.get_partial_message(posted.message_id).edit(
                 content=None, embed=outcome_embed(approval), view=None
