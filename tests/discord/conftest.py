@@ -1,5 +1,6 @@
-"""Fixtures of the Discord tests: the local fake of Discord's REST API and its gateway, and
-discord.py's process-wide URLs put back after each test."""
+"""Fixtures of the Discord tests: the local fake of Discord's REST API and its gateway, the
+running rig (gateway, notifier, bot), and discord.py's process-wide URLs put back after each
+test."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from collections.abc import AsyncIterator
 import discord.gateway
 import discord.http
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.testing import WorkflowEnvironment
 
 from tests.discord.fake_discord import FakeDiscord
 from tests.discord.fake_gateway import FakeGateway
+from tests.discord.test_discord import Rig, running_rig
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +50,15 @@ async def gateway(fake: FakeDiscord) -> AsyncIterator[FakeGateway]:
     fake.gateway_url = server.url
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def rig(
+    dev_env: WorkflowEnvironment,
+    sqlite_sessions: async_sessionmaker[AsyncSession],
+    fake: FakeDiscord,
+) -> AsyncIterator[Rig]:
+    """A running rig on SQLite with the default policy (300 s); a test module with another
+    policy or market defines its own."""
+    async with running_rig(dev_env, sqlite_sessions, fake) as running:
+        yield running

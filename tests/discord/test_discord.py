@@ -212,17 +212,6 @@ async def running_rig(
         await notifier.aclose()
 
 
-@pytest.fixture
-async def rig(
-    dev_env: WorkflowEnvironment,
-    sqlite_sessions: async_sessionmaker[AsyncSession],
-    fake: FakeDiscord,
-) -> AsyncIterator[Rig]:
-    """A running rig on SQLite with the default policy (300 s)."""
-    async with running_rig(dev_env, sqlite_sessions, fake) as running:
-        yield running
-
-
 # --- the approval message --------------------------------------------------------------------
 
 

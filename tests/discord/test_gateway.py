@@ -62,16 +62,6 @@ async def real_bot(
         await asyncio.wait_for(task, 30)
 
 
-@pytest.fixture
-async def rig(
-    dev_env: WorkflowEnvironment,
-    sqlite_sessions: async_sessionmaker[AsyncSession],
-    fake: FakeDiscord,
-) -> AsyncIterator[Rig]:
-    async with running_rig(dev_env, sqlite_sessions, fake) as running:
-        yield running
-
-
 async def click(
     rig: Rig, gateway: FakeGateway, message: dict[str, Any], custom_id: str, user_id: int
 ) -> dict[str, Any]:

@@ -4,30 +4,14 @@ one summary notice is posted for the whole cascade."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.testing import WorkflowEnvironment
-
 from hitl.messages import GuardianCommand
-from tests.discord.fake_discord import FakeDiscord
-from tests.discord.test_discord import MESSAGES, Rig, custom_ids, running_rig
+from tests.discord.test_discord import MESSAGES, Rig, custom_ids
 from tests.temporal_fixtures import wait_until
 from workflows.client import GuardianClient
 
 CASCADE_TITLE = "Guardian lock: trading halted"
-
-
-@pytest.fixture
-async def rig(
-    dev_env: WorkflowEnvironment,
-    sqlite_sessions: async_sessionmaker[AsyncSession],
-    fake: FakeDiscord,
-) -> AsyncIterator[Rig]:
-    async with running_rig(dev_env, sqlite_sessions, fake) as running:
-        yield running
 
 
 def summaries(rig: Rig) -> list[dict[str, Any]]:
