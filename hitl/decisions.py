@@ -252,6 +252,11 @@ def guardian_rejection(
             "decided_by": SYSTEM_ACTOR,
             "decision_channel": DecisionChannel.SYSTEM,
             "decision_reason": DecisionReason.GUARDIAN_LOCK,
-            "comment": f"Guardian locked by {locked_by}: {reason or 'no reason given'}",
+            "comment": guardian_lock_comment(locked_by=locked_by, reason=reason),
         }
     )
+
+
+def guardian_lock_comment(*, locked_by: str, reason: str | None) -> str:
+    """The comment of an approval the Guardian's lock rejected."""
+    return f"Guardian locked by {locked_by}: {reason or 'no reason given'}"

@@ -16,7 +16,6 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import structlog
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from hitl.errors import ErrorCode, HITLError
@@ -56,7 +55,8 @@ from store.tables import (
     ApprovalRow,
     AuditRow,
     PostTradeSnapshotRow,
-    approval_from_row,
+    approval_or_none,
+    row_dump,
     sealed,
     snapshot_from_row,
 )
@@ -128,19 +128,6 @@ def _not_found(trade_id: UUID) -> HITLError:
     return HITLError(ErrorCode.NOT_FOUND, f"no stored approval for trade {trade_id}")
 
 
-def _read_row(row: ApprovalRow) -> ApprovalRequest | None:
-    try:
-        return approval_from_row(row)
-    except ValidationError:
-        return None
-
-
-def _row_dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
-    if found is not None:
-        return found.to_dict()
-    return {name: str(getattr(row, name)) for name in ApprovalRequest.model_fields}
-
-
 def _integrity_rejection(data: RecordDecisionInput) -> ApprovalRequest:
     return data.expected.model_copy(
         update={
@@ -168,7 +155,7 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
         if existing is not None:
             # A retry of a run that committed: the row must still be the one it wrote (or that,
             # rejected since by a Guardian lock).
-            found = _read_row(existing)
+            found = approval_or_none(existing)
             if (
                 found is None
                 or not await approval_intact(session, existing, found)
@@ -231,7 +218,7 @@ async def record_decision(
         row = await _load(session, trade_id)
         if row is None:
             raise _not_found(trade_id)
-        found = _read_row(row)
+        found = approval_or_none(row)
         if found is not None and found.is_decided and found.decided_at == data.decided.decided_at:
             # A retry of a run that committed: hand back what it wrote, if the row still holds
             # exactly that; a row altered since is never passed on.
@@ -294,7 +281,7 @@ async def record_decision(
         error_code = data.error_code
         if not intact:
             error_code = ErrorCode.INTEGRITY_FAILURE.code
-            payload["found_row"] = _row_dump(found, row)
+            payload["found_row"] = row_dump(found, row)
         mac = seal_approval(row, decided)
         await write_audit(
             session,
@@ -334,7 +321,7 @@ async def record_approval(
         row = await _load(session, trade_id)
         if row is None:
             raise _not_found(trade_id)
-        found = _read_row(row)
+        found = approval_or_none(row)
         intact = found is not None and await approval_intact(session, row, found)
         if found is not None and intact:
             if _same_content(found, approved):
@@ -406,7 +393,7 @@ async def _reject_altered(
     trade_id = data.expected.trade_id
     decided = sealed(_integrity_rejection(data))
     payload = {**data.audit_payload, "approval": decided.to_dict()}
-    payload["found_row"] = _row_dump(found, row)
+    payload["found_row"] = row_dump(found, row)
     mac = seal_approval(row, decided)
     await write_audit(
         session,
@@ -438,7 +425,7 @@ async def record_transition(
         row = await _load(session, trade_id)
         if row is None:
             raise _not_found(trade_id)
-        found = _read_row(row)
+        found = approval_or_none(row)
         # A retry of a run that committed finds the target status, and otherwise the workflow's
         # copy; anything else was altered behind the gateway's back.
         retried = found is not None and found.status is data.target
@@ -502,7 +489,7 @@ async def close_lost_approval(
         row = await _load(session, trade_id)
         if row is None or row.status != TradeStatus.AWAITING_APPROVAL.value:
             return False
-        found = _read_row(row)
+        found = approval_or_none(row)
         if found is None:
             return False
         intact = await approval_intact(session, row, found)
@@ -611,7 +598,7 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
 
 def _verified(row: ApprovalRow, *, legacy_last_id: int) -> tuple[ApprovalRequest | None, bool]:
     """The record a row holds and whether its MAC verifies; SEC-080 logged when not."""
-    approval = _read_row(row)
+    approval = approval_or_none(row)
     sound = approval is not None and approval_mac_ok(row, approval, legacy_last_id=legacy_last_id)
     if not sound:
         log.error(

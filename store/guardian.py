@@ -12,16 +12,15 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from hitl.decisions import guardian_rejection
+from hitl.decisions import guardian_lock_comment, guardian_rejection
 from hitl.errors import ErrorCode
 from hitl.messages import SYSTEM_ACTOR, GuardianCommand, GuardianLockResult, GuardianStatus
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from store.audit import GUARDIAN_TARGET, AuditEntry, write_audit, write_audits
 from store.engine import AsyncSession, Sessions
-from store.events import OutboxEvent, add_event, add_events
+from store.events import OutboxEvent, add_events
 from store.integrity import (
     approval_mac_ok,
     legacy_approval_last_id,
@@ -31,8 +30,9 @@ from store.integrity import (
 from store.tables import (
     ApprovalRow,
     GuardianStateRow,
-    approval_from_row,
+    approval_or_none,
     guardian_status_from_row,
+    row_dump,
     sealed,
 )
 
@@ -59,9 +59,9 @@ def guardian_rejection_entry(
     *,
     guardian: GuardianStateRow,
     at: datetime,
-) -> tuple[ApprovalRequest, AuditEntry]:
+) -> tuple[ApprovalRequest, AuditEntry, OutboxEvent]:
     """Reject ``approval`` (stored in ``row``) for the Guardian: the row is sealed with the
-    rejection; returns the rejection and the audit entry the caller must write with it."""
+    rejection; returns the rejection, and the audit entry and event the caller writes with it."""
     rejected = sealed(
         guardian_rejection(
             approval, at=at, locked_by=guardian.changed_by or SYSTEM_ACTOR, reason=guardian.reason
@@ -80,7 +80,7 @@ def guardian_rejection_entry(
         idempotency_key=f"{approval.trade_id}:decided",
         record_mac=mac,
     )
-    return rejected, entry
+    return rejected, entry, OutboxEvent("hitl.decided", rejected, f"{approval.trade_id}:decided")
 
 
 async def write_guardian_rejection(
@@ -92,11 +92,9 @@ async def write_guardian_rejection(
     at: datetime,
 ) -> ApprovalRequest:
     """Reject ``approval`` (stored in ``row``) for the Guardian: row, audit entry, event."""
-    rejected, entry = guardian_rejection_entry(row, approval, guardian=guardian, at=at)
+    rejected, entry, event = guardian_rejection_entry(row, approval, guardian=guardian, at=at)
     await write_audit(session, entry)
-    await add_event(
-        session, event_type="hitl.decided", approval=rejected, key=f"{approval.trade_id}:decided"
-    )
+    await add_events(session, [event])
     return rejected
 
 
@@ -109,19 +107,19 @@ def tampered_guardian_rejection(
     *,
     guardian: GuardianStateRow,
     at: datetime,
-) -> tuple[AuditEntry, OutboxEvent | None]:
+) -> tuple[AuditEntry, ApprovalRequest | None]:
     """Reject, for the Guardian, a pending approval whose row fails its MAC, keeping the
     tampering visible: only the decision columns change (REJECTED, GUARDIAN_LOCK, by the
     system); the row hash, the MAC and its key id stay as found, so ``hitl audit verify`` and
     every read keep reporting the row as altered. Nothing is resealed: the gateway cannot tell
     which of the row's values are genuine, and a fresh MAC would make the forgery pass for its
     own record. Returns the audit entry to write, ``approval.integrity_failure`` (SEC-080) with
-    the row as found (its ``record_mac`` is the MAC the row still carries), and the event when
-    the row still makes a record."""
-    found_row = _dump(found, row)
+    the row as found (its ``record_mac`` is the MAC the row still carries), and, when the row
+    still makes a record, that record rejected (for its event and its message)."""
+    found_row = row_dump(found, row)
+    locked_by = guardian.changed_by or SYSTEM_ACTOR
     comment = (
-        f"Guardian locked by {guardian.changed_by or SYSTEM_ACTOR}: "
-        f"{guardian.reason or 'no reason given'}; {TAMPERED_NOTE}"
+        f"{guardian_lock_comment(locked_by=locked_by, reason=guardian.reason)}; {TAMPERED_NOTE}"
     )
     row.status = TradeStatus.REJECTED.value
     row.decided_at = at
@@ -130,21 +128,13 @@ def tampered_guardian_rejection(
     row.decision_reason = DecisionReason.GUARDIAN_LOCK.value
     row.comment = comment
     written = {**found_row, **_decision_dump(row)}
-    event = None
+    decided = None
     if found is not None:
-        decided = found.model_copy(
-            update={
-                "status": TradeStatus.REJECTED,
-                "decided_at": at,
-                "decided_by": SYSTEM_ACTOR,
-                "decision_channel": DecisionChannel.SYSTEM,
-                "decision_reason": DecisionReason.GUARDIAN_LOCK,
-                "comment": comment,
-            }
-        )
-        event = OutboxEvent("hitl.decided", decided, f"{row.trade_id}:guardian-integrity")
+        decided = guardian_rejection(
+            found, at=at, locked_by=locked_by, reason=guardian.reason
+        ).model_copy(update={"comment": comment})
     entry = AuditEntry(
-        actor_id=guardian.changed_by or SYSTEM_ACTOR,
+        actor_id=locked_by,
         action="approval.integrity_failure",
         target_id=row.trade_id,
         correlation_id=str(row.correlation_id),
@@ -162,14 +152,7 @@ def tampered_guardian_rejection(
         idempotency_key=f"{row.trade_id}:guardian-integrity",
         record_mac=row.mac,
     )
-    return entry, event
-
-
-def _dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
-    """The row's values as found (as a record when they make one, else as text)."""
-    if found is not None:
-        return found.to_dict()
-    return {name: str(getattr(row, name)) for name in ApprovalRequest.model_fields}
+    return entry, decided
 
 
 def _decision_dump(row: ApprovalRow) -> dict[str, Any]:
@@ -301,25 +284,22 @@ async def reject_pending_batch(
         events: list[OutboxEvent] = []
         legacy = await legacy_approval_last_id(session)
         for row in pending:
-            approval = _read(row)
+            approval = approval_or_none(row)
             if approval is None or not approval_mac_ok(row, approval, legacy_last_id=legacy):
-                entry, event = tampered_guardian_rejection(row, approval, guardian=guardian, at=now)
+                entry, found = tampered_guardian_rejection(row, approval, guardian=guardian, at=now)
                 entries.append(entry)
-                events.extend([event] if event is not None else [])
                 tampered.append(row.trade_id)
-                if approval is not None:
-                    decided.append(
-                        guardian_rejection(
-                            approval,
-                            at=now,
-                            locked_by=guardian.changed_by or SYSTEM_ACTOR,
-                            reason=guardian.reason,
-                        )
+                if found is not None:
+                    events.append(
+                        OutboxEvent("hitl.decided", found, f"{row.trade_id}:guardian-integrity")
                     )
+                    decided.append(found)
                 continue
-            rejection, entry = guardian_rejection_entry(row, approval, guardian=guardian, at=now)
+            rejection, entry, event = guardian_rejection_entry(
+                row, approval, guardian=guardian, at=now
+            )
             entries.append(entry)
-            events.append(OutboxEvent("hitl.decided", rejection, f"{approval.trade_id}:decided"))
+            events.append(event)
             decided.append(rejection)
             rejected.append(approval.trade_id)
         # The whole batch under one take of the chain's head, then its events (the lock order
@@ -328,14 +308,6 @@ async def reject_pending_batch(
         await add_events(session, events)
         last_id = pending[-1].id if pending else after_id
     return RejectedBatch(rejected=rejected, tampered=tampered, last_id=last_id, decided=decided)
-
-
-def _read(row: ApprovalRow) -> ApprovalRequest | None:
-    """The record a row holds, or None when it holds values no record could have."""
-    try:
-        return approval_from_row(row)
-    except ValidationError:
-        return None
 
 
 TELL_BATCH = 500
@@ -364,7 +336,7 @@ async def rejected_by_lock(
         legacy = await legacy_approval_last_id(session)
         found: list[tuple[int, ApprovalRequest]] = []
         for row in rows.scalars():
-            approval = _read(row)
+            approval = approval_or_none(row)
             if approval is not None and approval_mac_ok(row, approval, legacy_last_id=legacy):
                 found.append((row.id, approval))
         return found

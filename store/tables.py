@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -281,6 +282,21 @@ def approval_from_row(row: ApprovalRow) -> ApprovalRequest:
     values = {name: getattr(row, name) for name in ApprovalRequest.model_fields}
     values["approvers"] = tuple(values["approvers"] or ())
     return ApprovalRequest.model_validate(values)
+
+
+def approval_or_none(row: ApprovalRow) -> ApprovalRequest | None:
+    """The record a row holds, or None when it holds values no record could have."""
+    try:
+        return approval_from_row(row)
+    except ValidationError:
+        return None
+
+
+def row_dump(found: ApprovalRequest | None, row: ApprovalRow) -> dict[str, Any]:
+    """A row's values as found: as a record when they make one, else as text."""
+    if found is not None:
+        return found.to_dict()
+    return {name: str(getattr(row, name)) for name in ApprovalRequest.model_fields}
 
 
 def sealed(approval: ApprovalRequest) -> ApprovalRequest:
