@@ -218,8 +218,10 @@ class GuardianActivities:
 
     async def _alert_tampered(self, notice: GuardianLockNotice, trade_id: UUID) -> None:
         """The security alert for a pending approval the cascade rejected although (because)
-        its row failed its integrity check. A retry that resumes after the batch committed may
-        not alert again: the audit entry and the log line stand."""
+        its row failed its integrity check. Best effort, as the messages are: the batch has
+        committed, and a notifier that fails (a Discord outage) must not cost the rest of the
+        batch its alerts and messages (a retry resumes after the batch); the audit entry and
+        the error line stand."""
         log.error(
             "security alert: a pending approval failed its integrity check; rejected unsealed",
             correlation_id=notice.correlation_id,
@@ -229,18 +231,28 @@ class GuardianActivities:
             error_code=ErrorCode.INTEGRITY_FAILURE.code,
             trade_id=str(trade_id),
         )
-        await self._notifier.security_alert(
-            SecurityAlertInput(
-                trade_id=trade_id,
-                error_code=ErrorCode.INTEGRITY_FAILURE.code,
-                message=(
-                    "stored approval failed its integrity check; rejected by the Guardian lock "
-                    "and left unsealed as found (hitl audit verify reports it)"
-                ),
-                correlation_id=notice.correlation_id,
-                detected_at=datetime.now(UTC),
-            )
+        alert = SecurityAlertInput(
+            trade_id=trade_id,
+            error_code=ErrorCode.INTEGRITY_FAILURE.code,
+            message=(
+                "stored approval failed its integrity check; rejected by the Guardian lock "
+                "and left unsealed as found (hitl audit verify reports it)"
+            ),
+            correlation_id=notice.correlation_id,
+            detected_at=datetime.now(UTC),
         )
+        try:
+            await self._notifier.security_alert(alert)
+        except Exception as exc:  # logged above; the operators' channel is away
+            log.warning(
+                "security alert not delivered to the operators",
+                correlation_id=notice.correlation_id,
+                actor="worker",
+                action="guardian.cascade",
+                result="notify_failed",
+                trade_id=str(trade_id),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     async def _tell(self, lock: GuardianLockNotice, trade_ids: list[UUID]) -> None:
         """Send each approval's workflow its own signed lock notice, a bounded number at once."""

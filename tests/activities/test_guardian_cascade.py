@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.guardian import GuardianActivities
-from hitl.messages import GuardianCommand, GuardianLockNotice
+from hitl.messages import GuardianCommand, GuardianLockNotice, SecurityAlertInput
 from hitl.models import ApprovalRequest, DecisionReason, TradeStatus
 from hitl.settings import get_settings
 from hitl.signing import CommandSigner
@@ -162,3 +163,39 @@ async def test_an_unlock_stops_rejecting_but_what_was_rejected_is_still_told(
     ]
     told = [a.trade_id for a in notifier_of(guardian).decided]
     assert sorted(map(str, told)) == sorted(str(a.trade_id) for a in pending[:2])
+
+
+class AlertsDown(RecordingNotifier):
+    """A notifier whose security alerts fail (Discord away), the rest delivered."""
+
+    async def security_alert(self, alert: SecurityAlertInput) -> None:
+        raise ConnectionError("Discord cannot be reached")
+
+
+async def test_an_alert_that_cannot_be_delivered_costs_the_batch_nothing(
+    engine: AsyncEngine, skipping_env: WorkflowEnvironment
+) -> None:
+    sessions = session_factory(engine, writer=True)
+    altered, intact = await stored_approval(sessions), await stored_approval(sessions)
+    async with sessions.begin() as session:
+        # Written behind the gateway's back: the row no longer matches its MAC.
+        await session.execute(
+            update(ApprovalRow)
+            .where(ApprovalRow.trade_id == altered.trade_id)
+            .values(risk_pct=Decimal("9.5"))
+        )
+    notice = await locked(sessions)
+    guardian = GuardianActivities(
+        sessions,
+        skipping_env.client,
+        CommandSigner.from_keys_dir(get_settings().keys_dir),
+        AlertsDown(),
+    )
+    assert await cascade_env().run(guardian.cascade_guardian_lock, notice) == 2
+    assert {status for _, status, _ in await statuses(sessions)} == {TradeStatus.REJECTED.value}
+    notifier = guardian._notifier
+    assert isinstance(notifier, AlertsDown)
+    # Both messages ended, the altered one's saying so.
+    shown = {a.trade_id: a for a in notifier.decided}
+    assert set(shown) == {altered.trade_id, intact.trade_id}
+    assert "integrity check" in (shown[altered.trade_id].comment or "")
