@@ -44,8 +44,9 @@ from activities.market_providers import SimulatedMarketData
 from activities.notifications import ConsoleNotifier
 from activities.policy import WorkerTrust
 from bench.databases import fresh_database
+from bench.driver import percentile
 from hitl.keys import ensure_keyrings
-from hitl.messages import GuardianCommand, RecordRequestInput
+from hitl.messages import GuardianCommand, RecordRequestInput, guardian_workflow_id
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
@@ -99,12 +100,6 @@ async def pending(sessions: Sessions) -> int:
             .where(ApprovalRow.status == "AWAITING_APPROVAL")
         )
         return int(result.scalar_one())
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def measure(
@@ -169,7 +164,7 @@ async def _measure(env: WorkflowEnvironment, size: int, samples: int, url: str) 
                     break
             await asyncio.sleep(0.02)
         all_rejected = time.perf_counter() - answered
-        await env.client.get_workflow_handle(f"hitl-guardian-{task_queue}").terminate("done")
+        await env.client.get_workflow_handle(guardian_workflow_id(task_queue)).terminate("done")
     await engine.dispose()
     return {
         "database": make_url(url).get_backend_name(),
@@ -177,7 +172,7 @@ async def _measure(env: WorkflowEnvironment, size: int, samples: int, url: str) 
         "pending_at_final_lock": at_lock,
         "samples": len(lock_ms),
         "lock_p50_ms": round(statistics.median(lock_ms), 1),
-        "lock_p99_ms": round(_percentile(lock_ms, 0.99), 1),
+        "lock_p99_ms": round(percentile(lock_ms, 99), 1),
         "lock_max_ms": round(max(lock_ms), 1),
         "all_rejected_s": round(all_rejected, 2),
         "fill_s": round(fill_seconds, 1),

@@ -22,15 +22,21 @@ from uuid import UUID
 from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from hitl.audit_chain import AUDIT_CONTENT_FIELDS, ChainHead, audit_content, next_link
+from hitl.audit_chain import (
+    APPROVAL_TARGET as APPROVAL_TARGET,  # the target types, for the store's callers
+)
+from hitl.audit_chain import (
+    AUDIT_CONTENT_FIELDS,
+    ChainHead,
+    audit_content,
+    next_link,
+)
+from hitl.audit_chain import SNAPSHOT_TARGET as SNAPSHOT_TARGET
 from hitl.record_mac import canonical_json_text
 from store.integrity import record_keys
 from store.tables import AuditRow, AuditVerificationRow
 
-APPROVAL_TARGET = "approval"
 GUARDIAN_TARGET = "guardian"
-SNAPSHOT_TARGET = "snapshot"
-"""A post-trade snapshot's entry (``snapshot.recorded``): its target id is the trade's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
