@@ -755,6 +755,7 @@ def verify_export(data: Mapping[str, Any], keys: RecordKeys) -> ExportCheck:
             trade_id=trade,
             trail_mac=None if recorded is None else recorded["content"].get("record_mac"),
             legacy=bool(snapshot.get("legacy")),
+            unsealed=bool(snapshot.get("unsealed")),
         )
         if finding is not None:
             return ExportCheck(finding=finding, covered_by=covered_by)

@@ -640,8 +640,10 @@ def _snapshot_export(row: Mapping[Any, Any], head: AuditChainHeadRow) -> dict[st
         "fields": _json_values(values),
         "mac": values["mac"],
         "key_id": values["mac_key_id"],
-        # Recorded before snapshots had entries of their own (migration 0007).
+        # Recorded before snapshots had entries of their own (migration 0007), and before
+        # they had MACs (migration 0004): the same bounds as the database's own check.
         "legacy": values["id"] <= head.legacy_snapshot_last_id,
+        "unsealed": values["id"] <= head.unsealed_snapshot_last_id,
     }
 
 

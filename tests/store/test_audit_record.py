@@ -474,6 +474,16 @@ async def test_a_database_from_before_the_chain_gets_a_genesis(
     async with engine.begin() as connection:
         # The 0003 schema, written as the gateway of that day wrote it.
         await connection.execute(insert(ApprovalRow).values(**values))
+        # ... with its post-trade snapshot, which had no MAC then (migration 0004 added them).
+        await connection.execute(
+            text(
+                "INSERT INTO post_trade_snapshots (approval_id, bid, ask, spread, mid_price,"
+                " response_latency_ms, price_deviation_pct, correlation_id, created_at)"
+                " SELECT id, 1.16010, 1.16030, 0.00020, 1.16020, 12, 0.01, 'corr-old', :at"
+                " FROM hitl_approvals"
+            ),
+            {"at": NOW.replace(tzinfo=None) if "sqlite" in old_database else NOW},
+        )
         for number, action in enumerate(("approval.requested", "approval.refused")):
             await connection.execute(
                 text(
@@ -510,6 +520,15 @@ async def test_a_database_from_before_the_chain_gets_a_genesis(
         code, out = await run_hitl(capsys, "audit", "verify")
         assert code == 0, out
         assert out.startswith("intact: 1 chained audit entries up to seq 1, 1 approvals")
+        # Its trail exported checks out on its own too, the snapshot from before MACs included.
+        export = tmp_path / "trail.json"
+        code, out = await run_hitl(
+            capsys, "audit", "export", str(legacy.trade_id), "-o", str(export)
+        )
+        assert code == 0, out
+        assert json.loads(export.read_text())["snapshot"]["mac"] is None
+        code, out = await run_hitl(capsys, "audit", "verify", "--export", str(export))
+        assert code == 0, out
         await attack(engine, "UPDATE audit_log SET actor_id = 'mallory' WHERE seq IS NULL")
     finally:
         await engine.dispose()
