@@ -570,6 +570,7 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
             await session.flush()
             # Hand back what the columns kept (8 places), as a retry would read it.
             await session.refresh(existing)
+            recorded = snapshot_from_row(existing, trade_id=approval.trade_id)
             # Its own entry, in the same transaction and after the row (the head lock comes
             # last): the verifier checks the snapshot against it, so a snapshot deleted,
             # replaced or inserted without one is found (docs/audit.md).
@@ -581,15 +582,12 @@ async def record_snapshot(sessions: Sessions, data: RecordSnapshotInput) -> Post
                     target_type=SNAPSHOT_TARGET,
                     target_id=approval.trade_id,
                     correlation_id=approval.correlation_id,
-                    payload={
-                        "snapshot": snapshot_from_row(
-                            existing, trade_id=approval.trade_id
-                        ).model_dump(mode="json")
-                    },
+                    payload={"snapshot": recorded.model_dump(mode="json")},
                     idempotency_key=f"{approval.trade_id}:snapshot",
                     record_mac=sealed_snapshot.mac,
                 ),
             )
+            return recorded
     return snapshot_from_row(existing, trade_id=approval.trade_id)
 
 
