@@ -45,9 +45,13 @@ demo: install
 discord-bot: install
 	$(BIN)/python -m discord_bot
 
-# Speed and memory on the embedded stack; results in docs/benchmarks.md (about 25 minutes).
+# Speed and memory on the embedded stack, on SQLite and on the PostgreSQL server of BENCH_PG_URL
+# (default: DATABASE_URL if it names one, else the local server) side by side in one report,
+# docs/benchmarks.md (issue 19 item 4; about 50 minutes, the runs alternating between the two).
+# `make bench BENCH_PG_URL=` measures SQLite only; BENCH_ARGS adds options (python -m bench --help).
+BENCH_PG_URL ?= $(if $(filter postgresql%,$(DATABASE_URL)),$(DATABASE_URL),postgresql+asyncpg://postgres@127.0.0.1:5432/test)
 bench: install
-	$(BIN)/python -m bench $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)') $(BENCH_ARGS)
+	$(BIN)/python -m bench --database-url sqlite $(if $(BENCH_PG_URL),--database-url '$(BENCH_PG_URL)') $(BENCH_ARGS)
 
 # The regression guard (issue 19 item 5, not part of `make test`): the quick benchmark, failing when
 # CPU per approval or decision p99 is more than 25 % worse than bench/baseline.json (ratios).

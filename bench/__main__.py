@@ -2,7 +2,10 @@
 
 Each run starts a fresh stack on a fresh database (an SQLite file in a temporary folder, or a new
 database on the PostgreSQL server of ``--database-url``), runs every phase, and stops the stack.
-The report holds the medians over the runs. ``--quick`` is the smoke mode of the test suite.
+The report holds the medians over the runs. ``--database-url`` is repeatable (issue 19 item 4):
+``--database-url sqlite --database-url postgresql+asyncpg://...`` alternates the runs between the
+two databases, so that a drift of the machine touches both alike, and the report shows them side by
+side. ``--quick`` is the smoke mode of the test suite.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bench import procs
 from bench.databases import fresh_database
 from bench.driver import Gateway
 from bench.figures import QUICK, Bench, Measurement, Sizes
 from bench.floor import quiet_logs
-from bench.report import Context, code_version, render
+from bench.report import Context, DatabaseRuns, code_version, render
 from bench.stack import DEFAULT_PRAGMAS, REPO, Stack, StackConfig
 from store.engine import create_engine
 
@@ -49,13 +54,61 @@ def say(message: str) -> None:
     print(f"[bench {time.monotonic() - _started:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
+SQLITE = "sqlite"
+"""The ``--database-url`` of the embedded default: a fresh SQLite file per run."""
+
+
+def database_label(url: str) -> str | None:
+    """SQLite or PostgreSQL, the database's name in the report; None for any other URL."""
+    if url.startswith(SQLITE):
+        return "SQLite"
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        return None
+    return "PostgreSQL" if backend == "postgresql" else None
+
+
+async def describe(url: str) -> str:
+    """The database's line in the report; connecting first to a PostgreSQL server, so that one
+    that does not answer stops the benchmark before it measures anything.
+
+    Raises:
+        SystemExit: the server did not answer.
+    """
+    if url.startswith(SQLITE):
+        return "SQLite (embedded default), a fresh file per run"
+    parsed = make_url(url)
+    where = f"{parsed.host}:{parsed.port or 5432}"
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SHOW server_version"))).scalar_one()
+    except (OSError, SQLAlchemyError) as exc:
+        raise SystemExit(
+            f"python -m bench: no PostgreSQL answers at {where} ({exc.__class__.__name__}: {exc});"
+            " start one, or leave that --database-url out (make bench BENCH_PG_URL=)"
+        ) from exc
+    finally:
+        await engine.dispose()
+    return f"PostgreSQL {version} on {where}, a fresh database per run"
+
+
 async def one_run(
-    index: int, *, args: argparse.Namespace, sizes: Sizes, tmp: Path, phases: Sequence[str]
+    index: int,
+    database: DatabaseRuns,
+    database_url: str,
+    *,
+    args: argparse.Namespace,
+    sizes: Sizes,
+    tmp: Path,
 ) -> Measurement:
-    """One run: a fresh stack and database, every phase, then everything stopped."""
-    workdir = tmp / f"run-{index + 1}"
+    """One run on ``database``: a fresh stack and database, every phase, then everything
+    stopped."""
+    name = f"run {index + 1} ({database.label})"
+    workdir = tmp / f"{database.label.lower()}-run-{index + 1}"
     workdir.mkdir(parents=True)
-    async with fresh_database(args.database_url, workdir) as url:
+    async with fresh_database(database_url, workdir) as url:
         stack = Stack(
             StackConfig(
                 workdir=workdir,
@@ -69,7 +122,7 @@ async def one_run(
         engine = create_engine(url)
         gateway = Gateway(stack.api_url)
         try:
-            say(f"run {index + 1}: starting the stack in {workdir}")
+            say(f"{name}: starting the stack in {workdir}")
             await stack.start()
             bench = Bench(
                 stack=stack,
@@ -79,9 +132,9 @@ async def one_run(
                 profile_dir=workdir / "profile" if index == 0 and args.profile else None,
             )
             bench.begin()
-            for phase in phases:
+            for phase in args.phases:
                 began = time.monotonic()
-                say(f"run {index + 1}: {phase}")
+                say(f"{name}: {phase}")
                 await getattr(bench, phase)()
                 stack.check()
                 shown = {
@@ -89,7 +142,7 @@ async def one_run(
                     for key, value in bench.m.values.items()
                     if key.startswith(phase.split("_")[0])
                 }
-                say(f"run {index + 1}: {phase} done in {time.monotonic() - began:.1f} s {shown}")
+                say(f"{name}: {phase} done in {time.monotonic() - began:.1f} s {shown}")
             bench.finish()
             return bench.m
         finally:
@@ -109,9 +162,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--database-url",
+        action="append",
         metavar="URL",
-        help="a PostgreSQL URL: each run uses a fresh database on that server"
-        " (default: a fresh SQLite file in a temporary folder)",
+        help=f"a database to measure, repeatable: '{SQLITE}' for the embedded default (a fresh"
+        " SQLite file per run in a temporary folder) or a PostgreSQL URL (a fresh database per run"
+        " on that server); with several, the runs alternate between them, --runs on each, and"
+        f" the report shows them side by side (default: {SQLITE})",
     )
     parser.add_argument(
         "--scale-pending",
@@ -169,6 +225,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown phases: {', '.join(unknown)}")
     args.phases = [phase for phase in PHASES if phase in phases]
+    args.databases = []  # (URL, label)
+    for url in args.database_url or [SQLITE]:
+        label = database_label(url)
+        if label is None:
+            parser.error(f"--database-url: '{SQLITE}' or a postgresql URL, not {url!r}")
+        args.databases.append((url, label))
+    if len({label for _, label in args.databases}) < len(args.databases):
+        parser.error("--database-url: each of SQLite and PostgreSQL at most once")
     if args.server_pragma is None:
         args.server_pragma = list(DEFAULT_PRAGMAS)
     elif args.server_pragma == ["none"]:
@@ -182,6 +246,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run the benchmark and write the report; the exit code."""
     sizes = QUICK if args.quick else replace(Sizes(), scale_pending=args.scale_pending)
+    databases = [
+        (url, DatabaseRuns(label=label, description=await describe(url)))
+        for url, label in args.databases
+    ]
     tmp = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
     quiet_logs(tmp / "floor.log")
     for noisy in ("httpx", "httpcore", "temporalio"):
@@ -189,33 +257,35 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
     started = datetime.now(UTC)
     load_before = procs.load_average()
     code = await asyncio.to_thread(code_version)
-    runs: list[Measurement] = []
-    database = "SQLite (embedded default), a fresh file per run"
-    if args.database_url and not args.database_url.startswith("sqlite"):
-        database = f"PostgreSQL ({make_url(args.database_url).host}), a fresh database per run"
+
+    def context() -> Context:
+        return Context(
+            # --keep changes nothing measured, only what is left in /tmp.
+            command=" ".join(["python -m bench", *(arg for arg in argv if arg != "--keep")]),
+            sizes=sizes,
+            quick=args.quick,
+            worker_cache=args.worker_cache,
+            worker_options=args.worker_options,
+            server_config=args.server_config,
+            pragmas=args.server_pragma,
+            started=f"{started:%Y-%m-%d %H:%M} UTC",
+            finished=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            load_before=load_before,
+            load_after=procs.load_average(),
+            code=code,
+        )
+
     ok = False
     try:
+        # Alternating, so that a drift of the machine touches every database alike.
         for index in range(args.runs):
-            runs.append(await one_run(index, args=args, sizes=sizes, tmp=tmp, phases=args.phases))
-            # Written after every run, so a failure later keeps what was measured.
-            context = Context(
-                # --keep changes nothing measured, only what is left in /tmp.
-                command=" ".join(["python -m bench", *(arg for arg in argv if arg != "--keep")]),
-                database=database,
-                sizes=sizes,
-                quick=args.quick,
-                worker_cache=args.worker_cache,
-                worker_options=args.worker_options,
-                server_config=args.server_config,
-                pragmas=args.server_pragma,
-                started=f"{started:%Y-%m-%d %H:%M} UTC",
-                finished=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-                load_before=load_before,
-                load_after=procs.load_average(),
-                code=code,
-            )
-            await asyncio.to_thread(_write, args.out, render(runs, context, out=args.out))
-            say(f"report of {len(runs)} run(s) written to {args.out}")
+            for url, database in databases:
+                run = await one_run(index, database, url, args=args, sizes=sizes, tmp=tmp)
+                database.runs.append(run)
+                # Written after every run, so a failure later keeps what was measured.
+                report = render([runs for _, runs in databases], context(), out=args.out)
+                await asyncio.to_thread(_write, args.out, report)
+                say(f"report with {index + 1} run(s) on {database.label} written to {args.out}")
         ok = True
     finally:
         if not ok or args.keep:

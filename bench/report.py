@@ -1,5 +1,6 @@
 """The report: medians over runs against the targets of issue 7, the machine they ran on, where
-the CPU went, and the profile; written as markdown.
+the CPU went, and the profile; written as markdown. Runs on several databases (issue 19 item 4)
+are shown side by side: each table has one median and one range column per database.
 
 The analysis (tuning and next bottleneck) is written by people between the two analysis markers;
 a new report keeps whatever the previous file held there.
@@ -12,7 +13,7 @@ import os
 import platform
 import sqlite3
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,11 +271,25 @@ _CHECKS = (
 
 
 @dataclass
+class DatabaseRuns:
+    """The runs on one database."""
+
+    label: str
+    """Its name in the tables' headings: SQLite, PostgreSQL."""
+    description: str
+    """Its line in the machine section."""
+    runs: list[Measurement] = field(default_factory=list)
+
+    def get(self, key: str) -> Stats:
+        """``key`` over this database's runs."""
+        return collect(self.runs, key)
+
+
+@dataclass
 class Context:
     """How the benchmark ran."""
 
     command: str
-    database: str
     sizes: Sizes
     quick: bool
     worker_cache: int | None
@@ -310,7 +325,7 @@ def code_version() -> str:
     return f"commit {commit} with uncommitted changes to {', '.join(changed)}"
 
 
-def machine_lines(context: Context) -> list[str]:
+def machine_lines(context: Context, databases: Sequence[DatabaseRuns]) -> list[str]:
     """The machine and software the runs used."""
     temporal = _command_output([str(temporal_binary()), "--version"])
     cache = (
@@ -324,7 +339,7 @@ def machine_lines(context: Context) -> list[str]:
         f"- OS: {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
         f"- {temporal}",
-        f"- database: {context.database}",
+        *(f"- database: {database.description}" for database in databases),
         f"- dev server SQLite pragmas: {', '.join(context.pragmas) or '(defaults)'};"
         f" dynamic config: {', '.join(context.server_config) or '(defaults)'};"
         f" worker workflow cache: {cache}",
@@ -344,9 +359,54 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _stats_row(label: str, stats: Stats) -> str:
+def _heads(
+    databases: Sequence[DatabaseRuns], alone: Sequence[str], each: Sequence[str]
+) -> list[str]:
+    """The per-database headings of a table: ``alone`` with one database; with several, ``each``
+    once per database, after its label."""
+    if len(databases) == 1:
+        return list(alone)
+    return [f"{database.label} {head}" for database in databases for head in each]
+
+
+def _table(heads: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _stats_cells(stats: Stats) -> list[str]:
     low, high = _fmt(stats.low, 1), _fmt(stats.high, 1)
-    return f"| {label} | {_fmt(stats.median, 1)} | {low}{_DASH}{high} |"
+    return [_fmt(stats.median, 1), f"{low}{_DASH}{high}"]
+
+
+def _stats_rows(
+    parts: Sequence[tuple[str, str]], databases: Sequence[DatabaseRuns]
+) -> list[list[str]]:
+    """One row per (label, key): the key's median and range on each database."""
+    return [
+        [label, *(cell for database in databases for cell in _stats_cells(database.get(key)))]
+        for label, key in parts
+    ]
+
+
+def _ceiling(database: DatabaseRuns, alone: bool) -> list[str]:
+    """What the CPU per approval allows on this machine's cores."""
+    gateway_ms = sum(
+        database.get(key).median
+        for _, key in _CPU_PARTS[:3]
+        if not math.isnan(database.get(key).median)
+    )
+    if gateway_ms <= 0:
+        return []
+    total_ms = database.get("cpu_ms_per_approval_total").median
+    lead = "The gateway's" if alone else f"On {database.label}, the gateway's"
+    return [
+        "",
+        f"{lead} three processes need {gateway_ms:.1f} ms of CPU per approval: on"
+        f" {_cores()} cores with nothing else running (load driver included as measured:"
+        f" {total_ms:.1f} ms), the ceiling is about {_cores() * 1000 / gateway_ms:.0f}"
+        f" approvals/s ({_cores() * 1000 / total_ms:.0f}/s with this driver on the same cores).",
+    ]
 
 
 def _load(load: tuple[float, float, float]) -> str:
@@ -380,13 +440,67 @@ def _previous_analysis(out: Path) -> str:
     return text[begin + len(ANALYSIS_BEGIN) : end].strip() or _NO_ANALYSIS
 
 
-def render(runs: Sequence[Measurement], context: Context, *, out: Path) -> str:
-    """The whole report."""
+def _produced_by(databases: Sequence[DatabaseRuns], context: Context) -> str:
+    stack = (
+        " each on a fresh stack (Temporal dev server, `python -m worker`, uvicorn API as separate"
+        " processes, as `make run` starts them) and a fresh database."
+    )
+    if len(databases) == 1:
+        return (
+            f"Produced by `{context.command}`: {len(databases[0].runs)} run(s),{stack} Figures"
+            " are medians over the runs, with the smallest and largest value."
+        )
+    counts = ", ".join(f"{len(database.runs)} run(s) on {database.label}" for database in databases)
+    return (
+        f"Produced by `{context.command}`: {counts}, alternating between the databases so that"
+        f" a drift of the machine touches each alike;{stack} Figures are medians over each"
+        " database's runs, with the smallest and largest value, side by side."
+    )
 
-    def get(key: str) -> Stats:
-        return collect(runs, key)
 
-    sizes = context.sizes
+def _profile_section(databases: Sequence[DatabaseRuns]) -> list[str]:
+    alone = len(databases) == 1
+    lines = [
+        "## Profile (py-spy, during a saturation load of the first run"
+        + (")" if alone else " on each database)"),
+        "",
+    ]
+    for database in databases:
+        if not alone:
+            lines += [f"### {database.label}", ""]
+        profiled = [run for run in database.runs if run.profiles]
+        if not profiled:
+            lines += ["Not profiled in this run.", ""]
+            continue
+        for name, profile in profiled[0].profiles.items():
+            lines += _profile_lines(name, profile)
+    return lines
+
+
+def _every_run(databases: Sequence[DatabaseRuns]) -> list[str]:
+    """Every value of every run; with several databases, in the order the runs alternated."""
+    alone = len(databases) == 1
+    columns = [
+        (
+            f"run {index + 1}" if alone else f"{database.label} run {index + 1}",
+            database.runs[index],
+        )
+        for index in range(max(len(database.runs) for database in databases))
+        for database in databases
+        if index < len(database.runs)
+    ]
+    keys = sorted({key for _, run in columns for key in run.values})
+    rows = [
+        [key, *(_fmt(run.values[key], 3) if key in run.values else "—" for _, run in columns)]
+        for key in keys
+    ]
+    return ["## Every run", "", *_table(["value", *(head for head, _ in columns)], rows)]
+
+
+def render(databases: Sequence[DatabaseRuns], context: Context, *, out: Path) -> str:
+    """The whole report: each database's runs side by side (one database: no labels)."""
+    alone = len(databases) == 1
+    every_run = [run for database in databases for run in database.runs]
     lines = ["# Benchmarks", ""]
     if context.quick:
         lines += [
@@ -394,32 +508,29 @@ def render(runs: Sequence[Measurement], context: Context, *, out: Path) -> str:
             " its numbers measure nothing.",
             "",
         ]
-    lines += [
-        f"Produced by `{context.command}`: {len(runs)} run(s), each on a fresh stack"
-        " (Temporal dev server, `python -m worker`, uvicorn API as separate processes, as"
-        " `make run` starts them) and a fresh database. Figures are medians over the runs, with"
-        " the smallest and largest value.",
-        "",
-        "| figure | how | target (2 cores, dev server) | measured (median)"
-        f" | min{_DASH}max | met? |",
-        "|---|---|---|---|---|---|",
-    ]
-    for figure in _figures(sizes):
-        measured, spread = figure.measured(get)
-        lines.append(
-            f"| {figure.name} | {figure.how} | {figure.target} | {measured} | {spread} |"
-            f" {figure.verdict(get)} |"
-        )
+    lines += [_produced_by(databases, context), ""]
+    heads = _heads(
+        databases,
+        ("measured (median)", f"min{_DASH}max", "met?"),
+        ("median", f"min{_DASH}max", "met?"),
+    )
+    rows = []
+    for figure in _figures(context.sizes):
+        cells = [figure.name, figure.how, figure.target]
+        for database in databases:
+            cells += [*figure.measured(database.get), figure.verdict(database.get)]
+        rows.append(cells)
+    lines += _table(["figure", "how", "target (2 cores, dev server)", *heads], rows)
     lines += ["", "## The machine", ""]
-    lines += machine_lines(context)
-    foreign = get("saturation_foreign_cpu_pct")
+    lines += machine_lines(context, databases)
+    foreign = collect(every_run, "saturation_foreign_cpu_pct")
     if not math.isnan(foreign.median):
         busy = "shared and busy" if foreign.high >= 10 else "quiet"
         lines.append(
             f"- other processes used {_fmt(foreign.low, 0)}{_DASH}{_fmt(foreign.high, 0)}% of the"
             f" machine's CPU during the saturation phases"
-            f" ({_fmt(get('run_foreign_cpu_pct').median, 0)}% over whole runs, median):"
-            f" the machine was {busy}."
+            f" ({_fmt(collect(every_run, 'run_foreign_cpu_pct').median, 0)}% over whole runs,"
+            f" median): the machine was {busy}."
         )
     lines += [*(f"- {note}" for note in context.notes), ""]
     lines += [
@@ -429,46 +540,28 @@ def render(runs: Sequence[Measurement], context: Context, *, out: Path) -> str:
         " saturation phase, per approval. Robust on a noisy machine: other processes slow the"
         " wall clock, not these.",
         "",
-        f"| process | CPU ms per approval (median) | min{_DASH}max |",
-        "|---|---|---|",
     ]
-    for label, key in _CPU_PARTS:
-        stats = get(key)
-        lines.append(_stats_row(label, stats))
-    gateway_ms = sum(
-        get(key).median for _, key in _CPU_PARTS[:3] if not math.isnan(get(key).median)
+    heads = _heads(
+        databases,
+        ("CPU ms per approval (median)", f"min{_DASH}max"),
+        ("CPU ms per approval (median)", f"min{_DASH}max"),
     )
-    if gateway_ms > 0:
-        lines += [
-            "",
-            f"The gateway's three processes need {gateway_ms:.1f} ms of CPU per approval: on"
-            f" {_cores()} cores with nothing else running (load driver included as measured:"
-            f" {get('cpu_ms_per_approval_total').median:.1f} ms), the ceiling is about"
-            f" {_cores() * 1000 / gateway_ms:.0f} approvals/s"
-            f" ({_cores() * 1000 / get('cpu_ms_per_approval_total').median:.0f}/s with this"
-            " driver on the same cores).",
-        ]
-    lines += ["", "## Checks", "", f"| check | median | min{_DASH}max |", "|---|---|---|"]
-    for label, key in _CHECKS:
-        stats = get(key)
-        lines.append(_stats_row(label, stats))
-    profiled = [run for run in runs if run.profiles]
-    lines += ["", "## Profile (py-spy, during a saturation load of the first run)", ""]
-    if profiled:
-        for name, profile in profiled[0].profiles.items():
-            lines += _profile_lines(name, profile)
-    else:
-        lines += ["Not profiled in this run.", ""]
-    notes = [note for run in runs for note in run.notes]
+    lines += _table(["process", *heads], _stats_rows(_CPU_PARTS, databases))
+    for database in databases:
+        lines += _ceiling(database, alone)
+    heads = _heads(databases, ("median", f"min{_DASH}max"), ("median", f"min{_DASH}max"))
+    lines += ["", "## Checks", ""]
+    lines += _table(["check", *heads], _stats_rows(_CHECKS, databases))
+    lines += ["", *_profile_section(databases)]
+    notes = [
+        note if alone else f"{database.label}: {note}"
+        for database in databases
+        for run in database.runs
+        for note in run.notes
+    ]
     if notes:
         lines += ["## Notes from the runs", "", *(f"- {note}" for note in notes), ""]
-    header = " | ".join(f"run {i + 1}" for i in range(len(runs)))
-    lines += ["## Every run", "", f"| value | {header} |"]
-    lines.append("|---|" + "---|" * len(runs))
-    keys = sorted({key for run in runs for key in run.values})
-    for key in keys:
-        cells = [_fmt(run.values[key], 3) if key in run.values else "—" for run in runs]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += _every_run(databases)
     lines += [
         "",
         "## Analysis: tuning and the next bottleneck",
