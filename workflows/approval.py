@@ -853,9 +853,12 @@ class ApprovalWorkflow:
         )
         return self._current
 
-    @workflow.update
+    @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def recorded(self) -> ApprovalRequest:
-        """Wait until the request is stored and return it: how the API answers a new request."""
+        """Wait until the request is stored and return it: how the API answers a new request.
+
+        A start the worker refuses ends the run before anything is stored: this Update is then
+        abandoned, and its caller reads the run's failure (SEC-092/093) instead."""
         await workflow.wait_condition(lambda: self._approval is not None)
         return self._current
 

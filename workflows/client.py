@@ -13,9 +13,11 @@ for its workflow up to the caller's own limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 from uuid import UUID
 
 import structlog
@@ -28,7 +30,11 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -86,6 +92,33 @@ def _error_from_failure(exc: BaseException) -> HITLError:
             return HITLError(error, message, approval=ApprovalRequest.from_dict(details))
         return HITLError(error, message)
     return HITLError(ErrorCode.SERVICE_UNAVAILABLE, str(exc))
+
+
+def _duplicate(proposal: TradeProposal) -> HITLError:
+    return HITLError(
+        ErrorCode.DUPLICATE_REQUEST, f"trade {proposal.trade_id} already has an approval"
+    )
+
+
+class _StartOptions(TypedDict):
+    """The options of an approval's start, the same for a start and an update-with-start."""
+
+    id: str
+    task_queue: str
+    id_reuse_policy: WorkflowIDReusePolicy
+    id_conflict_policy: WorkflowIDConflictPolicy
+    search_attributes: TypedSearchAttributes
+    static_summary: str
+    static_details: str
+
+
+@dataclass(frozen=True)
+class _Start:
+    """An approval's start: its signed input and its options."""
+
+    workflow_id: str
+    start_input: ApprovalWorkflowInput
+    options: _StartOptions
 
 
 class ApprovalHandle:
@@ -274,9 +307,76 @@ class ApprovalClient:
             self._client, self._request_approval(proposal, requested_by=requested_by)
         )
 
+    async def request_recorded(
+        self, proposal: TradeProposal, *, requested_by: str
+    ) -> tuple[ApprovalHandle, ApprovalRequest]:
+        """Start the approval of ``proposal`` and wait until its request is stored, in one call:
+        the start and its ``recorded`` Update reach the workflow's first task together
+        (update-with-start), a round trip and a workflow task fewer than a start followed by
+        the Update (issue 19). The same errors as ``request_approval``, and a start the worker
+        refused answers its SEC-092/093."""
+        return await unless_unreachable(
+            self._client, self._request_recorded(proposal, requested_by=requested_by)
+        )
+
     async def _request_approval(
         self, proposal: TradeProposal, *, requested_by: str
     ) -> ApprovalHandle:
+        start = await self._start_operation(proposal, requested_by=requested_by)
+        try:
+            handle = await self._client.start_workflow(
+                ApprovalWorkflow.run,
+                start.start_input,
+                **start.options,
+            )
+        except WorkflowAlreadyStartedError as exc:
+            raise _duplicate(proposal) from exc
+        except RPCError as exc:
+            raise ApprovalHandle._rpc_error(exc) from exc
+        return ApprovalHandle(handle, self._signer, self._client)
+
+    async def _request_recorded(
+        self, proposal: TradeProposal, *, requested_by: str
+    ) -> tuple[ApprovalHandle, ApprovalRequest]:
+        start = await self._start_operation(proposal, requested_by=requested_by)
+        operation = WithStartWorkflowOperation(
+            ApprovalWorkflow.run, start.start_input, **start.options
+        )
+        handle = ApprovalHandle(
+            self._client.get_workflow_handle_for(ApprovalWorkflow.run, start.workflow_id),
+            self._signer,
+            self._client,
+        )
+        try:
+            recorded: ApprovalRequest = await self._client.execute_update_with_start_workflow(
+                # Its decorator's options make the SDK's typing see a coroutine's result.
+                cast(Any, ApprovalWorkflow.recorded),
+                start_workflow_operation=operation,
+            )
+        except WorkflowAlreadyStartedError as exc:
+            # The operation's own handle holds the same error: read it, so nothing is left
+            # unretrieved.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await operation.workflow_handle()
+            raise _duplicate(proposal) from exc
+        except WorkflowUpdateFailedError as exc:
+            # The run ended before its request was stored: a start the worker refused fails
+            # its workflow with SEC-092/093, which the run's failure says.
+            await handle._completed_result()
+            raise _error_from_failure(exc) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise HITLError(
+                ErrorCode.SERVICE_UNAVAILABLE, f"no answer from the workflow ({exc.__cause__!r})"
+            ) from exc
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                await handle._completed_result()
+            raise ApprovalHandle._rpc_error(exc) from exc
+        return handle, recorded
+
+    async def _start_operation(self, proposal: TradeProposal, *, requested_by: str) -> _Start:
+        """What starting ``proposal``'s approval sends, signed: one definition for a plain
+        start and an update-with-start."""
         workflow_id = workflow_id_for(proposal.trade_id)
         start = self._signer.sign(
             ApprovalWorkflowInput(proposal=proposal, requested_by=requested_by),
@@ -288,34 +388,27 @@ class ApprovalClient:
         # policy sets the real one (HitlExpiresAt, the current details).
         expected_expiry = datetime.now(UTC) + timedelta(seconds=settings.hitl.timeout_seconds)
         await self._register_search_attributes()
-        try:
-            handle = await self._client.start_workflow(
-                ApprovalWorkflow.run,
-                start,
-                id=workflow_id,
-                task_queue=self._task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=search_attributes.start_attributes(
+        return _Start(
+            workflow_id=workflow_id,
+            start_input=start,
+            options={
+                "id": workflow_id,
+                "task_queue": self._task_queue,
+                "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
+                "search_attributes": search_attributes.start_attributes(
                     proposal, requested_by=requested_by
                 ),
-                static_summary=search_attributes.static_summary(
+                "static_summary": search_attributes.static_summary(
                     proposal, expires_at=expected_expiry
                 ),
-                static_details=search_attributes.static_details(
+                "static_details": search_attributes.static_details(
                     proposal,
                     requested_by=requested_by,
                     page_link=hub_page_link(settings.hitl.hub_url, proposal.trade_id),
                 ),
-            )
-        except WorkflowAlreadyStartedError as exc:
-            raise HITLError(
-                ErrorCode.DUPLICATE_REQUEST,
-                f"trade {proposal.trade_id} already has an approval",
-            ) from exc
-        except RPCError as exc:
-            raise ApprovalHandle._rpc_error(exc) from exc
-        return ApprovalHandle(handle, self._signer, self._client)
+            },
+        )
 
     async def _register_search_attributes(self) -> None:
         """Once per client: register the approvals' search attributes the server lacks.

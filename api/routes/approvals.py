@@ -133,10 +133,9 @@ async def create_request(
         **body.model_dump(exclude={"correlation_id"}),
         correlation_id=body.correlation_id or correlation_id,
     )
-    handle = await services.bounded(
-        services.approvals.request_approval(proposal, requested_by=bot.id),
+    _, recorded = await services.bounded(
+        services.approvals.request_recorded(proposal, requested_by=bot.id),
     )
-    recorded = await services.bounded(handle.recorded())
     return await _awaited(services, request, recorded.trade_id, wait=wait)
 
 

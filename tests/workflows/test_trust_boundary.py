@@ -44,7 +44,7 @@ from store.guardian import read_guardian
 from store.tables import AuditRow
 from tests.temporal_fixtures import Gateway, make_proposal, start_gateway, wait_until
 from tests.workflows.test_approval_paths import command, requested, stored
-from workflows.client import GuardianClient
+from workflows.client import ApprovalClient, GuardianClient
 
 
 @pytest.fixture
@@ -221,6 +221,36 @@ async def test_an_unsigned_start_with_hitl_off_ends_without_a_trace(
     with pytest.raises(HITLError) as raised:
         await gw.client.approval(proposal.trade_id).recorded()
     assert raised.value.error is ErrorCode.COMMAND_NOT_SIGNED
+
+
+async def test_a_request_started_and_awaited_in_one_call_answers_as_a_start_would(
+    gw: Gateway, raw: Client
+) -> None:
+    """Update-with-start (issue 19): the gateway's request comes back recorded; the same trade
+    again is SEC-011; a client whose key the worker does not hold is refused SEC-092 and
+    leaves no row, no audit entry and no notice."""
+    proposal = make_proposal(gw.market)
+    handle, recorded = await gw.client.request_recorded(proposal, requested_by="bot-1")
+    assert recorded.status is TradeStatus.AWAITING_APPROVAL
+    assert recorded == await stored(gw, proposal.trade_id)
+    assert handle.workflow_id == workflow_id_for(proposal.trade_id)
+    with pytest.raises(HITLError) as duplicate:
+        await gw.client.request_recorded(proposal, requested_by="bot-1")
+    assert duplicate.value.error is ErrorCode.DUPLICATE_REQUEST
+
+    audits = await audit_count(gw)
+    stranger = ApprovalClient(
+        raw,
+        task_queue=gw.task_queue,
+        signer=CommandSigner(lambda: new_keyring(KeyPurpose.COMMANDS, now=datetime.now(UTC))),
+    )
+    forged = make_proposal(gw.market)
+    with pytest.raises(HITLError) as refused_start:
+        await stranger.request_recorded(forged, requested_by="bot-1")
+    assert refused_start.value.error is ErrorCode.COMMAND_NOT_SIGNED
+    assert await stored(gw, forged.trade_id) is None
+    assert await audit_count(gw) == audits
+    assert [n.trade_id for n in gw.notifier.requested] == [proposal.trade_id]
 
 
 async def test_the_policy_is_the_worker_s_whatever_the_start_carries(
