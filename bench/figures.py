@@ -41,7 +41,19 @@ from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
 from store.tables import ApprovalRow, AuditRow
 
 POLL_SECONDS = 0.05
+METRICS_FLUSH_SECONDS = 1.5
 LOCKED = 423
+
+SERVER_REQUESTS: dict[str, frozenset[str] | None] = {
+    "server_requests_per_approval": None,
+    "server_workflow_tasks_per_approval": frozenset({"RespondWorkflowTaskCompleted"}),
+    "server_activity_tasks_per_approval": frozenset({"RespondActivityTaskCompleted"}),
+    "server_starts_and_updates_per_approval": frozenset(
+        {"StartWorkflowExecution", "UpdateWorkflowExecution", "ExecuteMultiOperation"}
+    ),
+}
+"""Measurement keys: the dev server frontend's requests of these operations (None: all), per
+approval, in the saturation phase."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +247,7 @@ class Bench:
         """Sustained approvals per second: create → notified → approve → recorded ACCEPTED."""
         sizes = self.sizes
         await bounded_map(self._create_and_approve, range(sizes.warmup), concurrency=8)
+        served_before = await self._server_requests()
         machine_before, cpu_before = procs.MachineCpu.now(), self._cpu()
         started = time.perf_counter()
         outcomes = await bounded_map(
@@ -245,6 +258,8 @@ class Bench:
         ids = [trade_id for trade_id, _ in outcomes]
         accepted = await self._count(ids, TradeStatus.ACCEPTED)
         notified = await self._wait_notified(ids, seconds=15)
+        served_after = await self._server_requests()
+        self._count_requests(served_before, served_after, approvals=len(ids))
         values = self.m.values
         values["saturation_per_s"] = accepted / wall
         values["saturation_errors"] = sum(1 for _, ok in outcomes if not ok)
@@ -262,6 +277,25 @@ class Bench:
         values["saturation_foreign_cpu_pct"] = max(0.0, machine_busy - ours) / (wall * cores) * 100
         if self.profile_dir is not None and sizes.profile_seconds > 0:
             await self._profile_saturation()
+
+    async def _server_requests(self) -> dict[str, float]:
+        """The dev server's request counts, once it has published what it served so far (its
+        metrics reporter flushes every second)."""
+        await asyncio.sleep(METRICS_FLUSH_SECONDS)
+        return await self.stack.server_requests()
+
+    def _count_requests(
+        self, before: dict[str, float], after: dict[str, float], *, approvals: int
+    ) -> None:
+        """Requests the dev server served per approval, from the saturation phase's start until
+        its last notification was logged (so each approval's last activity is in): what the
+        server's CPU follows, counted rather than timed."""
+        served = {name: after[name] - before.get(name, 0.0) for name in after}
+        for key, operations in SERVER_REQUESTS.items():
+            total = sum(
+                count for name, count in served.items() if operations is None or name in operations
+            )
+            self.m.values[key] = total / approvals
 
     async def _profile_saturation(self) -> None:
         """Load as in the saturation phase while py-spy samples the worker and the API."""

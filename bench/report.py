@@ -232,6 +232,16 @@ _CPU_PARTS = (
     ("all four", "cpu_ms_per_approval_total"),
 )
 
+_SERVER_REQUESTS = (
+    ("all requests (long polls included)", "server_requests_per_approval"),
+    ("workflow tasks completed", "server_workflow_tasks_per_approval"),
+    ("activity tasks completed", "server_activity_tasks_per_approval"),
+    (
+        "starts and Updates (an update-with-start once)",
+        "server_starts_and_updates_per_approval",
+    ),
+)
+
 _CHECKS = (
     (
         "saturation: approvals that failed (create or approve not 201/200 ACCEPTED)",
@@ -537,8 +547,10 @@ def render(databases: Sequence[DatabaseRuns], context: Context, *, out: Path) ->
         "## Where the CPU goes",
         "",
         "CPU seconds (user + system, from `/proc/<pid>/stat`) each process used during the"
-        " saturation phase, per approval. Robust on a noisy machine: other processes slow the"
-        " wall clock, not these.",
+        " saturation phase, per approval. Steadier than the wall clock on a shared machine, not"
+        " immune: the same code has taken 40 % more CPU time in one run than in the next when"
+        " the host was busy (slower caches, not other processes on this machine). Compare runs"
+        " of one invocation, and the request counts below, which do not vary with the host.",
         "",
     ]
     heads = _heads(
@@ -549,6 +561,19 @@ def render(databases: Sequence[DatabaseRuns], context: Context, *, out: Path) ->
     lines += _table(["process", *heads], _stats_rows(_CPU_PARTS, databases))
     for database in databases:
         lines += _ceiling(database, alone)
+    lines += [
+        "",
+        "What the dev server was asked, per approval, in the same phase (its frontend's"
+        " `service_requests` counter, from the phase's start until its last notification was"
+        " logged): counts, not times, so they change only with the code.",
+        "",
+    ]
+    heads = _heads(
+        databases, ("per approval (median)", f"min{_DASH}max"), ("median", f"min{_DASH}max")
+    )
+    lines += _table(
+        ["requests to the dev server", *heads], _stats_rows(_SERVER_REQUESTS, databases)
+    )
     heads = _heads(databases, ("median", f"min{_DASH}max"), ("median", f"min{_DASH}max"))
     lines += ["", "## Checks", ""]
     lines += _table(["check", *heads], _stats_rows(_CHECKS, databases))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from bench import procs
@@ -144,7 +145,12 @@ class Stack:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.temporal_port, self.api_port, self.metrics_port = free_ports(3)
+        (
+            self.temporal_port,
+            self.api_port,
+            self.metrics_port,
+            self.server_metrics_port,
+        ) = free_ports(4)
         self.procs: dict[str, Proc] = {}
         self.client: Client | None = None
 
@@ -234,7 +240,12 @@ class Stack:
                 for proc in self.procs.values():
                     proc.log_path.rename(proc.log_path.with_suffix(f".failed-{attempt + 1}.log"))
                 self.procs.clear()
-                self.temporal_port, self.api_port, self.metrics_port = free_ports(3)
+                (
+                    self.temporal_port,
+                    self.api_port,
+                    self.metrics_port,
+                    self.server_metrics_port,
+                ) = free_ports(4)
                 if (self.config.workdir / "temporal.db").exists():
                     (self.config.workdir / "temporal.db").unlink()
 
@@ -271,6 +282,8 @@ class Stack:
             str(self.temporal_port),
             "--log-level",
             "error",
+            "--metrics-port",
+            str(self.server_metrics_port),
         ]
         for pragma in self.config.pragmas:
             server_argv += ["--sqlite-pragma", pragma]
@@ -337,6 +350,22 @@ class Stack:
         except httpx.HTTPError:
             return False
         return answer.status_code == httpx.codes.OK
+
+    async def server_requests(self) -> dict[str, float]:
+        """The requests the dev server's frontend has served so far, by operation (its
+        ``service_requests`` counter): counts, the same on any machine."""
+        async with httpx.AsyncClient(timeout=5) as http:
+            answer = await http.get(f"http://127.0.0.1:{self.server_metrics_port}/metrics")
+        answer.raise_for_status()
+        served: dict[str, float] = {}
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if sample.name in ("service_requests", "service_requests_total") and (
+                    sample.labels.get("service_name") == "frontend"
+                ):
+                    operation = sample.labels.get("operation", "")
+                    served[operation] = served.get(operation, 0.0) + sample.value
+        return served
 
     def check(self) -> None:
         """Raise StackError if a process of the stack has died."""

@@ -61,5 +61,11 @@ def test_quick_run_reports_every_figure_on_both_databases(tmp_path: Path) -> Non
             measured = rows[name][column]
             assert "n/a" not in measured, f"{database}, {name}: {measured}"
             assert NUMBER.search(measured), f"{database}, {name}: {measured}"
+    # Each approval asks the dev server for one update-with-start and one decision: counted
+    # from the server's own metrics, so the count is exact once they are flushed.
+    updates = rows["starts and Updates (an update-with-start once)"]
+    heads = rows["requests to the dev server"]
+    for database in ("SQLite", "PostgreSQL"):
+        assert updates[heads.index(f"{database} median")] == "2.0", updates
     assert "## The machine" in report
     assert "## Where the CPU goes" in report
