@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import procs
+from bench.databases import fresh_database
 from bench.driver import (
     INSTRUMENT,
     REQUEST_PRICE,
@@ -326,13 +327,20 @@ class Bench:
             self.m.profiles[name] = summarise(out)
 
     async def floor(self) -> None:
-        """The same database writes per approval, done directly, at the same concurrency."""
-        rate = await run_floor(
-            self.stack.config.database_url,
-            keys_dir=self.stack.keys_dir,
-            count=self.sizes.floor,
-            concurrency=self.sizes.concurrency,
-        )
+        """The same database writes per approval, done directly, at the same concurrency.
+
+        In a database of their own (on the same server, or a file beside the gateway's): the
+        gateway's reconciler (issue 17) would rightly close approvals that have no workflow."""
+        workdir = self.stack.config.workdir / "floor"
+        workdir.mkdir(exist_ok=True)
+        async with fresh_database(self.stack.config.database_url, workdir) as url:
+            await self.stack.migrate(url)
+            rate = await run_floor(
+                url,
+                keys_dir=self.stack.keys_dir,
+                count=self.sizes.floor,
+                concurrency=self.sizes.concurrency,
+            )
         self.m.values["floor_per_s"] = rate
         if "saturation_per_s" in self.m.values:
             self.m.values["floor_ratio"] = self.m.values["saturation_per_s"] / rate

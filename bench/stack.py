@@ -249,26 +249,30 @@ class Stack:
                 if (self.config.workdir / "temporal.db").exists():
                     (self.config.workdir / "temporal.db").unlink()
 
-    async def _start_once(self) -> None:
-        self.config.workdir.mkdir(parents=True, exist_ok=True)
-        # The worker and the API refuse to start without their keyrings.
-        ensure_keyrings(self.keys_dir, now=datetime.now(UTC))
-        env = self.env()
+    async def migrate(self, database_url: str) -> None:
+        """Bring the database of ``database_url`` to the current schema, as ``make run`` does."""
         migrate = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "migrations.runner",
             "upgrade",
             "--url",
-            self.config.database_url,
+            database_url,
             cwd=REPO,
-            env=env,
+            env=self.env(),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         _, errors = await migrate.communicate()
         if migrate.returncode != 0:
             raise StackError(f"migrations failed: {errors.decode(errors='replace')[-2000:]}")
+
+    async def _start_once(self) -> None:
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        # The worker and the API refuse to start without their keyrings.
+        ensure_keyrings(self.keys_dir, now=datetime.now(UTC))
+        env = self.env()
+        await self.migrate(self.config.database_url)
         server_argv = [
             str(temporal_binary()),
             "server",
