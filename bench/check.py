@@ -19,17 +19,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.figures import GATEWAY_CPU, GATEWAY_PROCESSES
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "bench" / "baseline.json"
 TOLERANCE = 0.25
 """How much worse than the baseline a figure may be: 25 % (issue 19 item 5)."""
 
-GATEWAY_CPU = "cpu_ms_per_approval_gateway"
 GUARDED = (GATEWAY_CPU, "latency_p99_ms")
 """CPU per approval of the gateway's processes (dev server + worker + API, without the load
 driver), and decision p99; both lower is better."""
-
-_GATEWAY_PROCESSES = ("server", "worker", "api")
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def report_values(report: str) -> dict[str, float]:
         numbers = [float(cell.replace(",", "")) for cell in cells[1:] if cell]
         if numbers:
             values[cells[0]] = statistics.median(numbers)
-    parts = [f"cpu_ms_per_approval_{name}" for name in _GATEWAY_PROCESSES]
+    parts = [f"cpu_ms_per_approval_{name}" for name in GATEWAY_PROCESSES]
     if all(part in values for part in parts):
         values[GATEWAY_CPU] = sum(values[part] for part in parts)
     return values

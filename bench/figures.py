@@ -42,6 +42,10 @@ from hitl.models import DecisionReason, Side, TradeProposal, TradeStatus
 from store.tables import ApprovalRow, AuditRow
 
 POLL_SECONDS = 0.05
+GATEWAY_PROCESSES = ("server", "worker", "api")
+"""The processes of ``make run`` whose CPU is the gateway's (the load driver's is not)."""
+GATEWAY_CPU = "cpu_ms_per_approval_gateway"
+"""Measurement key: their CPU per approval, summed (issue 19 item 1)."""
 METRICS_FLUSH_SECONDS = 1.5
 LOCKED = 423
 
@@ -67,8 +71,11 @@ class Sizes:
     floor: int = 400
     latency_decisions: int = 200
     decision_rate: float = 10.0
-    expiry: int = 100
-    expiry_timeout_seconds: int = 10
+    expiry: int = 1000
+    """Approvals requested in one burst for the expiry phase (issue 19 item 3: 1,000 deadlines)."""
+    expiry_timeout_seconds: int = 90
+    """Their deadline: longer than the burst takes, so that every deadline falls after the last
+    request, one after another at the rate they were requested."""
     effect_pending: int = 300
     effect_rate: float = 20.0
     """Decisions attempted per second around the lock."""
@@ -272,6 +279,9 @@ class Bench:
             ours += used
             values[f"cpu_ms_per_approval_{name}"] = used / len(ids) * 1000
         values["cpu_ms_per_approval_total"] = ours / len(ids) * 1000
+        values[GATEWAY_CPU] = sum(
+            values[f"cpu_ms_per_approval_{name}"] for name in GATEWAY_PROCESSES
+        )
         cores = float(os.cpu_count() or 1)
         machine_busy = machine_after.busy - machine_before.busy
         values["saturation_our_cpu_pct"] = ours / (wall * cores) * 100
@@ -383,7 +393,11 @@ class Bench:
             recorded = await handle.recorded()
             return recorded.trade_id, recorded.expires_at
 
-        started = await bounded_map(start, range(self.sizes.expiry), concurrency=self.sizes.expiry)
+        started = await bounded_map(
+            start,
+            range(self.sizes.expiry),
+            concurrency=min(self.sizes.expiry, self.sizes.concurrency),
+        )
         ids = [trade_id for trade_id, _ in started]
         deadlines = [expires_at for _, expires_at in started]
         wait_until = time.monotonic() + self.sizes.expiry_timeout_seconds + 90

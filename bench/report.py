@@ -1,4 +1,5 @@
-"""The report: medians over runs against the targets of issue 7, the machine they ran on, where
+"""The report: medians over runs against the targets of issue 19 (issue 7's where it set none:
+the Guardian's and the scale phase's latency), the machine they ran on, where
 the CPU went, and the profile; written as markdown. Runs on several databases (issue 19 item 4)
 are shown side by side: each table has one median and one range column per database.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.driver import median
-from bench.figures import Measurement, Sizes
+from bench.figures import GATEWAY_CPU, Measurement, Sizes
 from bench.profile import Profile
 from launcher.run import temporal_binary
 
@@ -118,24 +119,34 @@ def _figures(sizes: Sizes) -> tuple[Figure, ...]:
             "sustained approvals per second",
             f"REST create → notified → REST approve → recorded ACCEPTED, {sizes.saturation}"
             f" approvals at concurrency {sizes.concurrency}",
-            "≥ 50/s",
+            "≥ 25/s",
             (Part("saturation_per_s", "", "/s", 1),),
-            lambda get: get("saturation_per_s").median >= 50,
+            lambda get: get("saturation_per_s").median >= 25,
+        ),
+        Figure(
+            "CPU per approval",
+            "CPU time (user + system) of the dev server, the worker and the API together during"
+            ' the saturation phase, per approval (each process under "Where the CPU goes")',
+            "≤ 85 ms",
+            (Part(GATEWAY_CPU, "", " ms", 1),),
+            _at_most(GATEWAY_CPU, 85),
         ),
         Figure(
             "decision latency p50 / p99",
             f"REST approve → response, {sizes.latency_decisions} decisions at a steady {rate}/s",
-            "p99 ≤ 150 ms",
+            "p99 ≤ 100 ms",
             (
                 Part("latency_p50_ms", "p50", " ms"),
                 Part("latency_p99_ms", "p99", " ms"),
             ),
-            _at_most("latency_p99_ms", 150),
+            _at_most("latency_p99_ms", 100),
         ),
         Figure(
             "expiry lateness p50 / p99",
-            f"recorded decided_at - expires_at, {sizes.expiry} approvals created together"
-            f" with a {sizes.expiry_timeout_seconds} s deadline",
+            f"recorded decided_at - expires_at, {sizes.expiry:,} approvals requested in one burst"
+            f" (concurrency {min(sizes.expiry, sizes.concurrency)}) with a"
+            f" {sizes.expiry_timeout_seconds} s deadline: their deadlines fall one after another"
+            " at the rate they were requested (the spread is under Checks)",
             "p99 ≤ 1 s",
             (
                 Part("expiry_p50_s", "p50", " s", 2),
@@ -189,12 +200,13 @@ def _figures(sizes: Sizes) -> tuple[Figure, ...]:
             "scale: worker memory",
             f"worker RSS (VmRSS) with {sizes.scale_pending:,} approvals pending;"
             " peak while deciding",
-            "≤ 500 MB",
+            "≤ 300 MB",
             (
                 Part("scale_rss_mb", "", " MiB"),
                 Part("scale_rss_peak_mb", "peak", " MiB"),
             ),
-            lambda get: get("scale_rss_peak_mb").median <= 500,
+            # MiB against MB: 300 MB is 286 MiB.
+            lambda get: get("scale_rss_peak_mb").median <= 300e6 / 2**20,
         ),
         Figure(
             "scale: decision latency p50 / p99",

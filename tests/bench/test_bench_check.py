@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.check import GATEWAY_CPU, compare, report_values
+from bench.check import compare, report_values
+from bench.figures import GATEWAY_CPU
 
 REPORT = """# Benchmarks
 
