@@ -79,6 +79,10 @@ async def bounded_map(
     return [result for result in results if result is not None]
 
 
+KEEPALIVE_SECONDS = 2.0
+"""How long the driver keeps an idle connection: under uvicorn's ``timeout_keep_alive`` (5 s)."""
+
+
 class Gateway:
     """The gateway's REST API as the benchmark's bot, operator and admin use it."""
 
@@ -86,7 +90,13 @@ class Gateway:
         self.http = httpx.AsyncClient(
             base_url=base_url,
             timeout=HTTP_TIMEOUT,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            # An idle connection is dropped before uvicorn's 5 s keep-alive ends it: with both
+            # at 5 s, a request sent on a connection the API was closing failed with ReadError.
+            limits=httpx.Limits(
+                max_connections=connections,
+                max_keepalive_connections=connections,
+                keepalive_expiry=KEEPALIVE_SECONDS,
+            ),
         )
 
     async def aclose(self) -> None:
