@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.figures import GATEWAY_CPU, GATEWAY_PROCESSES
+from bench.figures import GATEWAY_CPU, gateway_cpu_ms
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "bench" / "baseline.json"
@@ -95,9 +95,9 @@ def report_values(report: str) -> dict[str, float]:
         numbers = [float(cell.replace(",", "")) for cell in cells[1:] if cell]
         if numbers:
             values[cells[0]] = statistics.median(numbers)
-    parts = [f"cpu_ms_per_approval_{name}" for name in GATEWAY_PROCESSES]
-    if all(part in values for part in parts):
-        values[GATEWAY_CPU] = sum(values[part] for part in parts)
+    gateway = gateway_cpu_ms(values)
+    if gateway is not None:
+        values[GATEWAY_CPU] = gateway
     return values
 
 

@@ -144,7 +144,7 @@ def _figures(sizes: Sizes) -> tuple[Figure, ...]:
         Figure(
             "expiry lateness p50 / p99",
             f"recorded decided_at - expires_at, {sizes.expiry:,} approvals requested in one burst"
-            f" (concurrency {min(sizes.expiry, sizes.concurrency)}) with a"
+            f" (concurrency {sizes.expiry_concurrency}) with a"
             f" {sizes.expiry_timeout_seconds} s deadline: their deadlines fall one after another"
             " at the rate they were requested (the spread is under Checks)",
             "p99 ≤ 1 s",
