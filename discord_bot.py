@@ -533,6 +533,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             temporal,
             task_queue=settings.temporal.task_queue,
             interval_seconds=settings.hitl.reconcile_seconds,
+            full_interval_seconds=settings.hitl.reconcile_full_seconds,
         )
         async with bot:
             token = settings.discord.bot_token.get_secret_value()

@@ -230,6 +230,7 @@ async def log_startup_summary(client: Client, settings: Settings) -> None:
         client,
         task_queue=settings.temporal.task_queue,
         interval_seconds=settings.hitl.reconcile_seconds,
+        full_interval_seconds=settings.hitl.reconcile_full_seconds,
     )
     try:
         async with asyncio.timeout(STARTUP_SUMMARY_SECONDS):

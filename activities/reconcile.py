@@ -16,7 +16,7 @@ writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -26,6 +26,8 @@ from uuid import UUID
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
+from temporalio.api.workflow.v1 import WorkflowExecutionInfo
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -47,6 +49,9 @@ log = structlog.get_logger(__name__)
 
 APPROVAL_WORKFLOW_TYPE = "ApprovalWorkflow"
 WORKFLOW_ID_PREFIX = "approval-"
+
+LIST_PAGE_SIZE = 1000
+"""Workflows per page of a listing (one heartbeat per page)."""
 
 DESCRIBE_CONCURRENCY = 20
 """Describe calls in flight at once when confirming that workflows are gone."""
@@ -112,6 +117,11 @@ class ReconcileInput(_Message):
     """Running approval workflows are listed on this queue (the gateway's own)."""
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 60
     """A workflow younger than this may not have recorded its row yet: not an orphan."""
+    closed_since: UtcDatetime | None = None
+    """None: a full pass, every open row against every running workflow. A time: a periodic
+    pass, which looks only at the approval workflows that closed since then (what a
+    termination from the Temporal UI, a failure or a timeout leaves) and at their rows; its
+    cost follows what closed, not what is pending."""
 
 
 class Finding(_Message):
@@ -139,6 +149,11 @@ class ReconcileReport(_Message):
     """What one pass found and did; the worker logs the first one as its startup summary."""
 
     at: UtcDatetime
+    full: bool = True
+    """A full pass; otherwise a periodic one (closed workflows only), whose counts of resumed
+    approvals, open trades and integrity failures are not taken (zero)."""
+    closed_checked: int = 0
+    """Approval workflows closed since the periodic pass's ``closed_since``."""
     approvals_resumed: int = 0
     """Rows AWAITING_APPROVAL whose workflow runs (and so keeps its deadline)."""
     lifecycle_open: int = 0
@@ -153,6 +168,11 @@ class ReconcileReport(_Message):
 
     def summary(self) -> str:
         """The one-line summary (log line, ``/readyz``)."""
+        if not self.full:
+            return (
+                f"periodic pass: closed workflows checked {self.closed_checked}, "
+                f"mismatches found {self.mismatches} ({self.repaired} repaired)"
+            )
         return (
             f"approvals resumed {self.approvals_resumed}, lifecycle trades open "
             f"{self.lifecycle_open}, integrity failures {self.integrity_failures}, "
@@ -242,15 +262,23 @@ class ReconcileActivities:
     async def reconcile(self, data: ReconcileInput) -> ReconcileReport:
         """Compare the open rows with Temporal; close lost approvals; report the rest."""
         started = _now()
-        running = await self._running_workflows(data.task_queue)
-        rows = await open_rows(self._sessions)
-        unseen = [row.trade_id for row in rows if row.trade_id not in running]
-        states = await self._states(unseen)
-        young = started - timedelta(seconds=data.orphan_grace_seconds)
-        candidates = [trade for trade, since in running.items() if since <= young]
-        decided = plan(
-            rows, states, orphans=await trade_ids_without_row(self._sessions, candidates)
-        )
+        closed_checked = 0
+        if data.closed_since is None:
+            running = await self._running_workflows(data.task_queue)
+            rows = await open_rows(self._sessions)
+            unseen = [row.trade_id for row in rows if row.trade_id not in running]
+            states = await self._states(unseen)
+            young = started - timedelta(seconds=data.orphan_grace_seconds)
+            candidates = [trade for trade, since in running.items() if since <= young]
+            orphans = await trade_ids_without_row(self._sessions, candidates)
+        else:
+            ended = await self._closed_workflows(data.task_queue, data.closed_since)
+            closed_checked = len(ended)
+            rows = await open_rows(self._sessions, ended)
+            # The listing may be stale (a workflow reset to run again): describe decides.
+            states = await self._states([row.trade_id for row in rows])
+            orphans = []
+        decided = plan(rows, states, orphans=orphans)
         findings: list[Finding] = []
         repaired = 0
         for row in decided.close:
@@ -292,6 +320,8 @@ class ReconcileActivities:
             )
         report = ReconcileReport(
             at=started,
+            full=data.closed_since is None,
+            closed_checked=closed_checked,
             approvals_resumed=decided.approvals_resumed,
             lifecycle_open=decided.lifecycle_open,
             integrity_failures=decided.integrity_failures,
@@ -299,7 +329,10 @@ class ReconcileActivities:
             repaired=repaired,
             findings=findings,
         )
-        metrics.RECONCILE_MISMATCHES.set(report.mismatches)
+        if report.full:
+            metrics.RECONCILE_MISMATCHES.set(report.mismatches)
+        else:  # what the last full pass saw, plus what periodic passes found since
+            metrics.RECONCILE_MISMATCHES.inc(report.mismatches)
         metrics.RECONCILE_REPAIRS.inc(repaired)
         for finding in report.findings:
             if finding.new:
@@ -329,17 +362,49 @@ class ReconcileActivities:
 
     async def _running_workflows(self, task_queue: str) -> dict[UUID, datetime]:
         """Running approval workflows on ``task_queue``, by trade, with their start time."""
-        query = (
-            f"WorkflowType = '{APPROVAL_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' "
-            f"AND TaskQueue = '{task_queue}'"
-        )
         running: dict[UUID, datetime] = {}
-        async for execution in self._client.list_workflows(query):
-            trade_id = trade_id_of(execution.id)
+        async for execution in self._listed(task_queue, "ExecutionStatus = 'Running'"):
+            trade_id = trade_id_of(execution.execution.workflow_id)
             if trade_id is not None:
-                running[trade_id] = execution.start_time
-            activity.heartbeat()
+                running[trade_id] = execution.start_time.ToDatetime(tzinfo=UTC)
         return running
+
+    async def _closed_workflows(self, task_queue: str, since: datetime) -> list[UUID]:
+        """Approval workflows on ``task_queue`` that closed at ``since`` or later, by trade."""
+        at = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        closed: set[UUID] = set()
+        async for execution in self._listed(
+            task_queue, f"ExecutionStatus != 'Running' AND CloseTime >= '{at}'"
+        ):
+            trade_id = trade_id_of(execution.execution.workflow_id)
+            if trade_id is not None:
+                closed.add(trade_id)
+        return sorted(closed)
+
+    async def _listed(
+        self, task_queue: str, condition: str
+    ) -> AsyncIterator[WorkflowExecutionInfo]:
+        """The approval workflows on ``task_queue`` that meet ``condition``, page by page.
+
+        The raw listing, not ``Client.list_workflows``: the pass needs an id and a start time,
+        and the SDK's decoding of every execution's search attributes cost the worker 1.4 s of
+        CPU for 10,000 pending approvals (0.17 s raw)."""
+        request = ListWorkflowExecutionsRequest(
+            namespace=self._client.namespace,
+            query=(
+                f"WorkflowType = '{APPROVAL_WORKFLOW_TYPE}' AND TaskQueue = '{task_queue}' "
+                f"AND {condition}"
+            ),
+            page_size=LIST_PAGE_SIZE,
+        )
+        while True:
+            page = await self._client.workflow_service.list_workflow_executions(request, retry=True)
+            for execution in page.executions:
+                yield execution
+            activity.heartbeat()
+            if not page.next_page_token:
+                return
+            request.next_page_token = page.next_page_token
 
     async def _states(self, trade_ids: Sequence[UUID]) -> dict[UUID, WorkflowState]:
         """Ask Temporal about each workflow the listing did not show running: the listing

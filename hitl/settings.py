@@ -50,7 +50,12 @@ class HITLSettings(BaseSettings):
     hub_url: str = "http://127.0.0.1:8000"
     """Where operators open the approval page; deep links point here."""
     reconcile_seconds: Annotated[int, Field(gt=0)] = 60
-    """How often the database and Temporal are reconciled (``HITL_RECONCILE_SECONDS``)."""
+    """How often the database and Temporal are reconciled (``HITL_RECONCILE_SECONDS``): a
+    periodic pass looks at the approval workflows closed since the last one."""
+    reconcile_full_seconds: Annotated[int, Field(gt=0)] = 3600
+    """How often a pass is full, every open row against every running workflow
+    (``HITL_RECONCILE_FULL_SECONDS``; a worker's start always runs one). It alone finds a
+    workflow deleted outright and a running workflow whose row is gone."""
     audit_verify_seconds: Annotated[int, Field(gt=0)] = 300
     """How often the worker verifies what was appended to the audit chain
     (``HITL_AUDIT_VERIFY_SECONDS``; also once at start)."""

@@ -41,30 +41,45 @@ class OpenRow:
     """Its MAC matches its content."""
 
 
-async def open_rows(sessions: Sessions) -> list[OpenRow]:
-    """Every row AWAITING_APPROVAL or in an open lifecycle state, with whether it is intact."""
+_PARTITION = 500
+"""Rows read and checked at a time: between partitions the worker's event loop runs the rest of
+its work (at 10,000 pending, one read of them all held it for 0.7 s)."""
+
+
+async def open_rows(sessions: Sessions, trade_ids: Sequence[UUID] | None = None) -> list[OpenRow]:
+    """Every row AWAITING_APPROVAL or in an open lifecycle state, with whether it is intact;
+    only those of ``trade_ids`` when given."""
     statuses = [TradeStatus.AWAITING_APPROVAL.value, *(s.value for s in LIFECYCLE_OPEN)]
+    query = select(ApprovalRow).where(ApprovalRow.status.in_(statuses))
+    if trade_ids is None:
+        queries = [query]
+    else:
+        queries = [
+            query.where(ApprovalRow.trade_id.in_(trade_ids[start : start + _CHUNK]))
+            for start in range(0, len(trade_ids), _CHUNK)
+        ]
+    rows: list[OpenRow] = []
     async with sessions() as session:
         legacy = await legacy_approval_last_id(session)
-        found = (
-            await session.execute(select(ApprovalRow).where(ApprovalRow.status.in_(statuses)))
-        ).scalars()
-        rows: list[OpenRow] = []
-        for row in found:
-            try:
-                # The keyed MAC, as every integrity check (issue 15).
-                intact = approval_mac_ok(row, approval_from_row(row), legacy_last_id=legacy)
-            except ValidationError:  # values no record could hold
-                intact = False
-            rows.append(
-                OpenRow(
-                    trade_id=row.trade_id,
-                    status=TradeStatus(row.status),
-                    correlation_id=row.correlation_id,
-                    intact=intact,
-                )
-            )
+        for each in queries:
+            found = await session.stream_scalars(each.execution_options(yield_per=_PARTITION))
+            async for partition in found.partitions():
+                rows.extend(_open_row(row, legacy) for row in partition)
     return rows
+
+
+def _open_row(row: ApprovalRow, legacy_last_id: int) -> OpenRow:
+    try:
+        # The keyed MAC, as every integrity check (issue 15).
+        intact = approval_mac_ok(row, approval_from_row(row), legacy_last_id=legacy_last_id)
+    except ValidationError:  # values no record could hold
+        intact = False
+    return OpenRow(
+        trade_id=row.trade_id,
+        status=TradeStatus(row.status),
+        correlation_id=row.correlation_id,
+        intact=intact,
+    )
 
 
 async def trade_ids_without_row(sessions: Sessions, trade_ids: Sequence[UUID]) -> list[UUID]:

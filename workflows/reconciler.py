@@ -1,6 +1,13 @@
 """ReconcilerWorkflow: every ``HITL_RECONCILE_SECONDS``, one reconciliation pass (and one at once
 when a worker starts and asks for its startup summary).
 
+A pass is full (every open row against every running workflow) when a worker asks for one and
+every ``HITL_RECONCILE_FULL_SECONDS``; the periodic passes between look only at the approval
+workflows that closed since the pass before (less an overlap), so that their cost follows what
+closed rather than what is pending: a full pass at 10,000 pending costs the worker about a
+second of CPU and the server a listing of them all, and every minute it delayed decisions by
+seconds (docs/benchmarks.md).
+
 A long-lived workflow rather than a Temporal Schedule (docs/reliability.md says why): one
 workflow per gateway (its id names the task queue), started by whichever worker comes first and
 left running by the others, so passes never overlap however many workers run. It keeps the last
@@ -13,7 +20,7 @@ this workflow fails it.
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +38,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from hitl.messages import SecurityAlertInput
     from hitl.models import UtcDatetime
+
+CLOSED_OVERLAP = timedelta(minutes=5)
+"""A periodic pass looks at workflows closed since the previous pass began, less this: the
+listing (Temporal's visibility store) may show a close a little late."""
 
 PASS_TIMEOUT = timedelta(minutes=5)
 PASS_HEARTBEAT = timedelta(seconds=60)
@@ -69,10 +80,14 @@ class ReconcilerInput(_Message):
 
     task_queue: str
     interval_seconds: Annotated[int, Field(gt=0)] = 60
+    full_interval_seconds: Annotated[int, Field(gt=0)] = 3600
+    """How often a periodic pass is a full one."""
     passes_per_run: Annotated[int, Field(gt=0)] = 100
     """Passes before continuing as new (about 100 minutes at the default interval)."""
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 60
     last: ReconcileReport | None = None
+    last_full_at: UtcDatetime | None = None
+    """When the last full pass began."""
     startup: ReconcileReport | None = None
     discord: DiscordStatus | None = None
 
@@ -83,6 +98,8 @@ class ReconcileNow(_Message):
     interval_seconds: Annotated[int, Field(gt=0)] | None = None
     """When given, the interval from now on (the worker's setting wins over the one the
     workflow was started with)."""
+    full_interval_seconds: Annotated[int, Field(gt=0)] | None = None
+    """When given, how often a full pass runs from now on (as ``interval_seconds``)."""
     startup: bool = False
     """A worker asks as it starts: the report is kept as the startup summary."""
 
@@ -95,6 +112,7 @@ class ReconcilerStatus(_Message):
     last: ReconcileReport | None = None
     discord: DiscordStatus | None = None
     interval_seconds: int
+    full_interval_seconds: int = 3600
 
 
 @workflow.defn(name="ReconcilerWorkflow")
@@ -104,6 +122,8 @@ class ReconcilerWorkflow:
     @workflow.init
     def __init__(self, data: ReconcilerInput) -> None:
         self._interval = data.interval_seconds
+        self._full_interval = data.full_interval_seconds
+        self._last_full_at = data.last_full_at
         self._startup = data.startup
         self._last = data.last
         self._discord = data.discord
@@ -134,25 +154,40 @@ class ReconcilerWorkflow:
             data.model_copy(
                 update={
                     "interval_seconds": self._interval,
+                    "full_interval_seconds": self._full_interval,
                     "last": self._last,
+                    "last_full_at": self._last_full_at,
                     "startup": self._startup,
                     "discord": self._discord,
                 }
             )
         )
 
+    def _closed_since(self) -> datetime | None:
+        """None when this pass must be full: asked for, the first, or a full one is due."""
+        if self._wanted > self._started or self._last is None or self._last_full_at is None:
+            return None
+        if workflow.now() - self._last_full_at >= timedelta(seconds=self._full_interval):
+            return None
+        return self._last.at - CLOSED_OVERLAP
+
     async def _pass(self, data: ReconcilerInput) -> None:
+        closed_since = self._closed_since()
         self._started += 1
         report = await workflow.execute_activity_method(
             ReconcileActivities.reconcile,
             ReconcileInput(
-                task_queue=data.task_queue, orphan_grace_seconds=data.orphan_grace_seconds
+                task_queue=data.task_queue,
+                orphan_grace_seconds=data.orphan_grace_seconds,
+                closed_since=closed_since,
             ),
             start_to_close_timeout=PASS_TIMEOUT,
             heartbeat_timeout=PASS_HEARTBEAT,
             retry_policy=PASS_RETRY,
         )
         self._last = report
+        if report.full:
+            self._last_full_at = report.at
         self._completed += 1
         for finding in report.alerts():
             await self._alert(
@@ -182,6 +217,8 @@ class ReconcilerWorkflow:
         """Run a pass as soon as the one under way (if any) ends, and return its report."""
         if request.interval_seconds is not None:
             self._interval = request.interval_seconds
+        if request.full_interval_seconds is not None:
+            self._full_interval = request.full_interval_seconds
         wanted = self._started + 1
         self._wanted = max(self._wanted, wanted)
         await workflow.wait_condition(lambda: self._completed >= wanted)
@@ -204,4 +241,5 @@ class ReconcilerWorkflow:
             last=self._last,
             discord=self._discord,
             interval_seconds=self._interval,
+            full_interval_seconds=self._full_interval,
         )

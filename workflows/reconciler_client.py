@@ -21,10 +21,18 @@ from workflows.reconciler import (
 class ReconcilerClient:
     """The gateway's one reconciler (started by whoever needs it first)."""
 
-    def __init__(self, client: Client, *, task_queue: str, interval_seconds: int = 60) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str,
+        interval_seconds: int = 60,
+        full_interval_seconds: int = 3600,
+    ) -> None:
         self._client = client
         self._task_queue = task_queue
         self._interval = interval_seconds
+        self._full_interval = full_interval_seconds
 
     @property
     def workflow_id(self) -> str:
@@ -34,18 +42,29 @@ class ReconcilerClient:
     def _start(self) -> WithStartWorkflowOperation[ReconcilerWorkflow, None]:
         return WithStartWorkflowOperation(
             ReconcilerWorkflow.run,
-            ReconcilerInput(task_queue=self._task_queue, interval_seconds=self._interval),
+            self._input(),
             id=self.workflow_id,
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
 
+    def _input(self) -> ReconcilerInput:
+        return ReconcilerInput(
+            task_queue=self._task_queue,
+            interval_seconds=self._interval,
+            full_interval_seconds=self._full_interval,
+        )
+
     async def startup_pass(self) -> ReconcileReport:
         """Start the reconciler if it is not running, run a pass now, and keep its report as
-        the startup summary; the interval becomes this process's setting."""
+        the startup summary; the intervals become this process's settings."""
         report: ReconcileReport = await self._client.execute_update_with_start_workflow(
             ReconcilerWorkflow.reconcile_now,
-            ReconcileNow(interval_seconds=self._interval, startup=True),
+            ReconcileNow(
+                interval_seconds=self._interval,
+                full_interval_seconds=self._full_interval,
+                startup=True,
+            ),
             start_workflow_operation=self._start(),
         )
         return report
@@ -63,7 +82,7 @@ class ReconcilerClient:
         """The Discord bot's word on its gateway connection (starts the reconciler if need be)."""
         await self._client.start_workflow(
             ReconcilerWorkflow.run,
-            ReconcilerInput(task_queue=self._task_queue, interval_seconds=self._interval),
+            self._input(),
             id=self.workflow_id,
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -323,6 +323,99 @@ async def test_startup_summary_is_kept_for_readyz(gw: Gateway) -> None:
     assert startup.approvals_resumed == 1
 
 
+# --- periodic passes: only what closed --------------------------------------------------------
+
+
+async def _periodic(gw: Gateway, since: datetime) -> ReconcileReport:
+    return await ActivityEnvironment().run(
+        ReconcileActivities(gw.sessions, gw.env.client).reconcile,
+        ReconcileInput(task_queue=gw.task_queue, closed_since=since),
+    )
+
+
+async def test_a_periodic_pass_closes_what_was_terminated_since_and_reads_nothing_else(
+    gw: Gateway,
+) -> None:
+    """A periodic pass looks at the approval workflows closed since ``closed_since``: the
+    one terminated from the UI is closed WORKFLOW_LOST, the running one is neither read nor
+    counted, and a row whose workflow never existed waits for the full pass."""
+    before = datetime.now(UTC)
+    running, _ = await requested(gw)
+    terminated = await _terminated(gw)
+    missing = await _missing(gw)
+
+    async def seen() -> ReconcileReport | None:
+        # The listing (visibility) may show the termination a moment late.
+        report = await _periodic(gw, before)
+        return report if report.closed_checked else None
+
+    await wait_until(seen, timeout=20, interval=0.5)
+    closed = await stored(gw, terminated)
+    assert closed is not None and closed.decision_reason is DecisionReason.WORKFLOW_LOST
+    report = await _periodic(gw, before)  # again: the row is closed, nothing to do
+    assert (report.full, report.closed_checked, report.mismatches, report.approvals_resumed) == (
+        False,
+        1,
+        0,
+        0,
+    )
+    assert "periodic pass: closed workflows checked 1" in report.summary()
+    for trade_id in (running, missing):
+        row = await stored(gw, trade_id)
+        assert row is not None and row.status is TradeStatus.AWAITING_APPROVAL
+
+    later = await _periodic(gw, datetime.now(UTC) + timedelta(seconds=1))
+    assert (later.closed_checked, later.findings) == (0, [])
+
+    full = await reconcile(gw)
+    assert full.full and full.approvals_resumed == 1
+    assert [(f.kind, f.trade_id) for f in full.findings] == [
+        (FindingKind.APPROVAL_LOST, missing)
+    ]
+
+
+async def test_the_reconciler_runs_periodic_passes_between_full_ones(gw: Gateway) -> None:
+    """Started by a worker, the reconciler's first pass is full; the passes every interval
+    after it are periodic until a full one is due again; a termination is repaired by the next
+    periodic pass."""
+    handle: WorkflowHandle[ReconcilerWorkflow, None] = await gw.env.client.start_workflow(
+        ReconcilerWorkflow.run,
+        ReconcilerInput(task_queue=gw.task_queue, interval_seconds=1, full_interval_seconds=3600),
+        id=reconciler_workflow_id(gw.task_queue),
+        task_queue=gw.task_queue,
+    )
+    first = await handle.execute_update(ReconcilerWorkflow.reconcile_now, ReconcileNow())
+    assert first.full
+
+    async def periodic() -> bool:
+        status = await handle.query(ReconcilerWorkflow.status)
+        return status.last is not None and not status.last.full
+
+    await wait_until(periodic, timeout=20, interval=0.2)
+    terminated = await _terminated(gw)
+
+    async def repaired() -> bool:
+        row = await stored(gw, terminated)
+        return row is not None and row.decision_reason is DecisionReason.WORKFLOW_LOST
+
+    await wait_until(repaired, timeout=30, interval=0.2)
+    [entry] = [a for a in await audits(gw, terminated) if a.new_state == "REJECTED"]
+    assert entry.action == "approval.workflow_lost"
+
+    # A full pass once one is due (the interval given by a starting worker, as the setting).
+    await handle.execute_update(
+        ReconcilerWorkflow.reconcile_now, ReconcileNow(full_interval_seconds=2)
+    )
+
+    async def full_again() -> bool:
+        status = await handle.query(ReconcilerWorkflow.status)
+        return status.full_interval_seconds == 2 and status.last is not None and (
+            status.last.full and status.last.at > first.at + timedelta(seconds=2)
+        )
+
+    await wait_until(full_again, timeout=20, interval=0.2)
+
+
 # --- the pure part -------------------------------------------------------------------------------
 
 
