@@ -117,6 +117,7 @@ async def one_run(
                 pragmas=args.server_pragma,
                 worker_options=args.worker_options,
                 server_config=args.server_config,
+                extra_env=args.gateway_env,
             )
         )
         engine = create_engine(url)
@@ -202,6 +203,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a dynamic configuration value for the dev server, repeatable (tuning experiments)",
     )
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the worker and the API, repeatable (experiments), e.g."
+        " HITL_RECONCILE_SECONDS=10",
+    )
+    parser.add_argument(
         "--server-pragma",
         action="append",
         metavar="PRAGMA",
@@ -233,6 +242,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.databases.append((url, label))
     if len({label for _, label in args.databases}) < len(args.databases):
         parser.error("--database-url: each of SQLite and PostgreSQL at most once")
+    args.gateway_env = {}
+    for setting in args.env:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            parser.error(f"--env: NAME=VALUE, not {setting!r}")
+        args.gateway_env[name] = value
     if args.server_pragma is None:
         args.server_pragma = list(DEFAULT_PRAGMAS)
     elif args.server_pragma == ["none"]:
