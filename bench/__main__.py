@@ -208,7 +208,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="a setting for the worker and the API, repeatable (experiments), e.g."
-        " HITL_RECONCILE_SECONDS=10",
+        " HITL_RECONCILE_SECONDS=10; it wins over the stack's own settings (the expiry phase"
+        " still sets HITL_TIMEOUT_SECONDS for its worker)",
     )
     parser.add_argument(
         "--server-pragma",

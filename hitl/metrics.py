@@ -62,7 +62,8 @@ COMMANDS_REFUSED = Counter(
 )
 RECONCILE_MISMATCHES = Gauge(
     "hitl_reconcile_mismatches",
-    "Rows and workflows that disagreed at the last reconciliation pass (issue 16).",
+    "Rows and workflows that disagreed at the last full reconciliation pass, plus those the"
+    " periodic passes found since (issue 16).",
 )
 RECONCILE_REPAIRS = Counter(
     "hitl_reconcile_repairs_total",

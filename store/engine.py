@@ -131,3 +131,11 @@ def session_factory(
     """
     bind = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}) if writer else engine
     return async_sessionmaker(bind, expire_on_commit=False)
+
+
+def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncSession:
+    """A session of ``sessions`` for reading only: on SQLite it begins DEFERRED even when
+    ``sessions`` are writers, so that a long read (the reconciler's, of every open row) never
+    holds the write lock the decisions need."""
+    bind: AsyncEngine = sessions.kw["bind"]
+    return sessions(bind=bind.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}))

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from hitl.messages import SYSTEM_ACTOR
 from hitl.models import TradeStatus
 from store.audit import AuditEntry, record_audit
-from store.engine import Sessions
+from store.engine import Sessions, read_session
 from store.integrity import approval_mac_ok, legacy_approval_last_id
 from store.tables import ApprovalRow, approval_from_row
 
@@ -43,7 +43,8 @@ class OpenRow:
 
 _PARTITION = 500
 """Rows read and checked at a time: between partitions the worker's event loop runs the rest of
-its work (at 10,000 pending, one read of them all held it for 0.7 s)."""
+its work (at 10,000 pending, one read of them all held it for 0.7 s). The read is a reader's
+(:func:`store.engine.read_session`): on SQLite a writer's would hold the write lock meanwhile."""
 
 
 async def open_rows(sessions: Sessions, trade_ids: Sequence[UUID] | None = None) -> list[OpenRow]:
@@ -59,7 +60,7 @@ async def open_rows(sessions: Sessions, trade_ids: Sequence[UUID] | None = None)
             for start in range(0, len(trade_ids), _CHUNK)
         ]
     rows: list[OpenRow] = []
-    async with sessions() as session:
+    async with read_session(sessions) as session:
         legacy = await legacy_approval_last_id(session)
         for each in queries:
             found = await session.stream_scalars(each.execution_options(yield_per=_PARTITION))
@@ -85,7 +86,7 @@ def _open_row(row: ApprovalRow, legacy_last_id: int) -> OpenRow:
 async def trade_ids_without_row(sessions: Sessions, trade_ids: Sequence[UUID]) -> list[UUID]:
     """Those of ``trade_ids`` that have no approval row at all."""
     known: set[UUID] = set()
-    async with sessions() as session:
+    async with read_session(sessions) as session:
         for start in range(0, len(trade_ids), _CHUNK):
             chunk = trade_ids[start : start + _CHUNK]
             found = await session.execute(

@@ -88,6 +88,11 @@ class ReconcilerInput(_Message):
     last: ReconcileReport | None = None
     last_full_at: UtcDatetime | None = None
     """When the last full pass began."""
+    last_full: ReconcileReport | None = None
+    """The last full pass's report (``/readyz``: what stands between full passes)."""
+    last_began: UtcDatetime | None = None
+    """When the last pass was scheduled, by the Temporal server's clock (which stamps the
+    closes a periodic pass lists)."""
     startup: ReconcileReport | None = None
     discord: DiscordStatus | None = None
 
@@ -110,6 +115,8 @@ class ReconcilerStatus(_Message):
     startup: ReconcileReport | None = None
     """The pass a worker asked for as it started: the startup summary."""
     last: ReconcileReport | None = None
+    last_full: ReconcileReport | None = None
+    """The last full pass (the same as ``last`` when that was full)."""
     discord: DiscordStatus | None = None
     interval_seconds: int
     full_interval_seconds: int = 3600
@@ -124,6 +131,8 @@ class ReconcilerWorkflow:
         self._interval = data.interval_seconds
         self._full_interval = data.full_interval_seconds
         self._last_full_at = data.last_full_at
+        self._last_full = data.last_full
+        self._last_began = data.last_began
         self._startup = data.startup
         self._last = data.last
         self._discord = data.discord
@@ -157,6 +166,8 @@ class ReconcilerWorkflow:
                     "full_interval_seconds": self._full_interval,
                     "last": self._last,
                     "last_full_at": self._last_full_at,
+                    "last_full": self._last_full,
+                    "last_began": self._last_began,
                     "startup": self._startup,
                     "discord": self._discord,
                 }
@@ -165,14 +176,16 @@ class ReconcilerWorkflow:
 
     def _closed_since(self) -> datetime | None:
         """None when this pass must be full: asked for, the first, or a full one is due."""
-        if self._wanted > self._started or self._last is None or self._last_full_at is None:
+        began, full_at = self._last_began, self._last_full_at
+        if self._wanted > self._started or began is None or full_at is None:
             return None
-        if workflow.now() - self._last_full_at >= timedelta(seconds=self._full_interval):
+        if workflow.now() - full_at >= timedelta(seconds=self._full_interval):
             return None
-        return self._last.at - CLOSED_OVERLAP
+        return began - CLOSED_OVERLAP
 
     async def _pass(self, data: ReconcilerInput) -> None:
         closed_since = self._closed_since()
+        self._last_began = workflow.now()
         self._started += 1
         report = await workflow.execute_activity_method(
             ReconcileActivities.reconcile,
@@ -188,6 +201,7 @@ class ReconcilerWorkflow:
         self._last = report
         if report.full:
             self._last_full_at = report.at
+            self._last_full = report
         self._completed += 1
         for finding in report.alerts():
             await self._alert(
@@ -239,6 +253,7 @@ class ReconcilerWorkflow:
         return ReconcilerStatus(
             startup=self._startup,
             last=self._last,
+            last_full=self._last_full,
             discord=self._discord,
             interval_seconds=self._interval,
             full_interval_seconds=self._full_interval,

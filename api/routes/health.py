@@ -96,11 +96,17 @@ async def _reconciler_view(
         ).status(rpc_timeout=_CHECK_TIMEOUT)
     except Exception:  # not started yet, or no worker to answer the query
         return None, "unknown" if configured else "not configured"
+    # (A reconciler from before the periodic passes knows no last_full: its last was full.)
+    full = status.last_full or (status.last if status.last and status.last.full else None)
     view = {
         "startup": status.startup.summary() if status.startup else None,
         "last": status.last.summary() if status.last else None,
         "last_at": status.last.at.isoformat() if status.last else None,
-        "mismatches": status.last.mismatches if status.last else None,
+        # Between full passes the periodic ones look only at what ended: what stands (an
+        # accepted trade flagged, integrity failures) is the last full pass's word.
+        "last_full": full.summary() if full else None,
+        "last_full_at": full.at.isoformat() if full else None,
+        "mismatches": full.mismatches if full else None,
     }
     if not configured:
         return view, "not configured"

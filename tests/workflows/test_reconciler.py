@@ -336,11 +336,15 @@ async def _periodic(gw: Gateway, since: datetime) -> ReconcileReport:
 async def test_a_periodic_pass_closes_what_was_terminated_since_and_reads_nothing_else(
     gw: Gateway,
 ) -> None:
-    """A periodic pass looks at the approval workflows closed since ``closed_since``: the
-    one terminated from the UI is closed WORKFLOW_LOST, the running one is neither read nor
-    counted, and a row whose workflow never existed waits for the full pass."""
+    """A periodic pass looks at the approval workflows ended abnormally since
+    ``closed_since``: the one terminated from the UI is closed WORKFLOW_LOST; the running one
+    and the one that completed (rejected) are neither read nor counted; a row whose workflow
+    never existed waits for the full pass."""
     before = datetime.now(UTC)
     running, _ = await requested(gw)
+    rejected, _ = await requested(gw)
+    await gw.client.approval(rejected).reject(_approve())
+    await gw.env.client.get_workflow_handle(workflow_id_for(rejected)).result()  # completed
     terminated = await _terminated(gw)
     missing = await _missing(gw)
 
@@ -359,7 +363,7 @@ async def test_a_periodic_pass_closes_what_was_terminated_since_and_reads_nothin
         0,
         0,
     )
-    assert "periodic pass: closed workflows checked 1" in report.summary()
+    assert "periodic pass: ended workflows checked 1" in report.summary()
     for trade_id in (running, missing):
         row = await stored(gw, trade_id)
         assert row is not None and row.status is TradeStatus.AWAITING_APPROVAL
@@ -369,15 +373,13 @@ async def test_a_periodic_pass_closes_what_was_terminated_since_and_reads_nothin
 
     full = await reconcile(gw)
     assert full.full and full.approvals_resumed == 1
-    assert [(f.kind, f.trade_id) for f in full.findings] == [
-        (FindingKind.APPROVAL_LOST, missing)
-    ]
+    assert [(f.kind, f.trade_id) for f in full.findings] == [(FindingKind.APPROVAL_LOST, missing)]
 
 
 async def test_the_reconciler_runs_periodic_passes_between_full_ones(gw: Gateway) -> None:
     """Started by a worker, the reconciler's first pass is full; the passes every interval
-    after it are periodic until a full one is due again; a termination is repaired by the next
-    periodic pass."""
+    after it are periodic until a full one is due again, by itself; a termination is repaired
+    by the next periodic pass; what the last full pass said stays in the status."""
     handle: WorkflowHandle[ReconcilerWorkflow, None] = await gw.env.client.start_workflow(
         ReconcilerWorkflow.run,
         ReconcilerInput(task_queue=gw.task_queue, interval_seconds=1, full_interval_seconds=3600),
@@ -387,11 +389,13 @@ async def test_the_reconciler_runs_periodic_passes_between_full_ones(gw: Gateway
     first = await handle.execute_update(ReconcilerWorkflow.reconcile_now, ReconcileNow())
     assert first.full
 
-    async def periodic() -> bool:
+    async def periodic_after(at: datetime) -> bool:
         status = await handle.query(ReconcilerWorkflow.status)
-        return status.last is not None and not status.last.full
+        return status.last is not None and not status.last.full and status.last.at > at
 
-    await wait_until(periodic, timeout=20, interval=0.2)
+    await wait_until(lambda: periodic_after(first.at), timeout=20, interval=0.2)
+    status = await handle.query(ReconcilerWorkflow.status)
+    assert status.last_full == first
     terminated = await _terminated(gw)
 
     async def repaired() -> bool:
@@ -401,19 +405,62 @@ async def test_the_reconciler_runs_periodic_passes_between_full_ones(gw: Gateway
     await wait_until(repaired, timeout=30, interval=0.2)
     [entry] = [a for a in await audits(gw, terminated) if a.new_state == "REJECTED"]
     assert entry.action == "approval.workflow_lost"
+    status = await handle.query(ReconcilerWorkflow.status)
+    assert status.last_full == first  # repaired by a periodic pass, not a full one
 
-    # A full pass once one is due (the interval given by a starting worker, as the setting).
-    await handle.execute_update(
-        ReconcilerWorkflow.reconcile_now, ReconcileNow(full_interval_seconds=2)
+    # A full pass every 3 s from now: asking runs one at once (the interval given by a
+    # starting worker, as the setting), then periodic ones, then a full one comes due.
+    asked = await handle.execute_update(
+        ReconcilerWorkflow.reconcile_now, ReconcileNow(full_interval_seconds=3)
     )
+    assert asked.full
+    await wait_until(lambda: periodic_after(asked.at), timeout=20, interval=0.2)
 
-    async def full_again() -> bool:
+    async def full_due() -> bool:
         status = await handle.query(ReconcilerWorkflow.status)
-        return status.full_interval_seconds == 2 and status.last is not None and (
-            status.last.full and status.last.at > first.at + timedelta(seconds=2)
-        )
+        last = status.last
+        return last is not None and last.full and last.at >= asked.at + timedelta(seconds=3)
 
-    await wait_until(full_again, timeout=20, interval=0.2)
+    await wait_until(full_due, timeout=30, interval=0.2)
+    assert (await handle.query(ReconcilerWorkflow.status)).full_interval_seconds == 3
+
+
+async def test_periodic_passes_go_on_across_continue_as_new(gw: Gateway) -> None:
+    """The last pass's time and the last full one are carried into the next run: the first
+    pass after a continue-as-new is periodic, not full."""
+    handle: WorkflowHandle[ReconcilerWorkflow, None] = await gw.env.client.start_workflow(
+        ReconcilerWorkflow.run,
+        ReconcilerInput(
+            task_queue=gw.task_queue,
+            interval_seconds=1,
+            full_interval_seconds=3600,
+            passes_per_run=2,
+        ),
+        id=reconciler_workflow_id(gw.task_queue),
+        task_queue=gw.task_queue,
+    )
+    first_run = (await handle.describe()).run_id
+    first = await handle.execute_update(ReconcilerWorkflow.reconcile_now, ReconcileNow())
+    assert first.full
+
+    async def continued() -> bool:
+        return (await gw.env.client.get_workflow_handle(handle.id).describe()).run_id != (first_run)
+
+    await wait_until(continued, timeout=30, interval=0.2)
+    latest = gw.env.client.get_workflow_handle(handle.id)  # the latest run
+    # At least two passes of the second run: both periodic, the full one still the first.
+    for _ in range(2):
+        before = (await latest.query(ReconcilerWorkflow.status)).last
+        assert before is not None
+
+        async def next_pass(after: datetime = before.at) -> bool:
+            last = (await latest.query(ReconcilerWorkflow.status)).last
+            return last is not None and last.at > after
+
+        await wait_until(next_pass, timeout=20, interval=0.2)
+        status = await latest.query(ReconcilerWorkflow.status)
+        assert status.last is not None and not status.last.full
+        assert status.last_full == first
 
 
 # --- the pure part -------------------------------------------------------------------------------
