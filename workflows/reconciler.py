@@ -3,10 +3,10 @@ when a worker starts and asks for its startup summary).
 
 A pass is full (every open row against every running workflow) when a worker asks for one and
 every ``HITL_RECONCILE_FULL_SECONDS``; the periodic passes between look only at the approval
-workflows that closed since the pass before (less an overlap), so that their cost follows what
-closed rather than what is pending: a full pass at 10,000 pending costs the worker about a
-second of CPU and the server a listing of them all, and every minute it delayed decisions by
-seconds (docs/benchmarks.md).
+workflows terminated, failed, timed out or cancelled since the pass before (less an overlap), so
+that their cost follows what ended so rather than what is pending: a full pass at 10,000 pending
+cost the worker about 2 s of CPU and the dev server a listing of them all, and every minute it
+delayed decisions by seconds (docs/benchmarks.md).
 
 A long-lived workflow rather than a Temporal Schedule (docs/reliability.md says why): one
 workflow per gateway (its id names the task queue), started by whichever worker comes first and
@@ -40,8 +40,8 @@ with workflow.unsafe.imports_passed_through():
     from hitl.models import UtcDatetime
 
 CLOSED_OVERLAP = timedelta(minutes=5)
-"""A periodic pass looks at workflows closed since the previous pass began, less this: the
-listing (Temporal's visibility store) may show a close a little late."""
+"""A periodic pass looks at workflows closed since the previous pass was scheduled, less this:
+the listing (Temporal's visibility store) may show a close a little late."""
 
 PASS_TIMEOUT = timedelta(minutes=5)
 PASS_HEARTBEAT = timedelta(seconds=60)
