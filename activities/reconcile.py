@@ -157,8 +157,8 @@ class ReconcileReport(_Message):
 
     at: UtcDatetime
     full: bool = True
-    """A full pass; otherwise a periodic one (closed workflows only), whose counts of resumed
-    approvals, open trades and integrity failures are not taken (zero)."""
+    """A full pass; otherwise a periodic one (workflows ended abnormally only), whose counts of
+    resumed approvals, open trades and integrity failures are not taken (zero)."""
     closed_checked: int = 0
     """Approval workflows that ended abnormally since the periodic pass's ``closed_since``."""
     approvals_resumed: int = 0

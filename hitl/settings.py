@@ -51,11 +51,12 @@ class HITLSettings(BaseSettings):
     """Where operators open the approval page; deep links point here."""
     reconcile_seconds: Annotated[int, Field(gt=0)] = 60
     """How often the database and Temporal are reconciled (``HITL_RECONCILE_SECONDS``): a
-    periodic pass looks at the approval workflows closed since the last one."""
+    periodic pass looks at the approval workflows terminated, failed, timed out or cancelled
+    since the last one."""
     reconcile_full_seconds: Annotated[int, Field(gt=0)] = 3600
     """How often a pass is full, every open row against every running workflow
-    (``HITL_RECONCILE_FULL_SECONDS``; a worker's start always runs one). It alone finds a
-    workflow deleted outright and a running workflow whose row is gone."""
+    (``HITL_RECONCILE_FULL_SECONDS``; a worker's start always runs one). What only it finds is
+    listed in docs/reliability.md."""
     audit_verify_seconds: Annotated[int, Field(gt=0)] = 300
     """How often the worker verifies what was appended to the audit chain
     (``HITL_AUDIT_VERIFY_SECONDS``; also once at start)."""

@@ -55,10 +55,7 @@ async def open_rows(sessions: Sessions, trade_ids: Sequence[UUID] | None = None)
     if trade_ids is None:
         queries = [query]
     else:
-        queries = [
-            query.where(ApprovalRow.trade_id.in_(trade_ids[start : start + _CHUNK]))
-            for start in range(0, len(trade_ids), _CHUNK)
-        ]
+        queries = [query.where(ApprovalRow.trade_id.in_(chunk)) for chunk in _chunks(trade_ids)]
     rows: list[OpenRow] = []
     async with read_session(sessions) as session:
         legacy = await legacy_approval_last_id(session)
@@ -67,6 +64,11 @@ async def open_rows(sessions: Sessions, trade_ids: Sequence[UUID] | None = None)
             async for partition in found.partitions():
                 rows.extend(_open_row(row, legacy) for row in partition)
     return rows
+
+
+def _chunks(trade_ids: Sequence[UUID]) -> list[Sequence[UUID]]:
+    """``trade_ids`` in lists short enough for one ``IN (...)``."""
+    return [trade_ids[start : start + _CHUNK] for start in range(0, len(trade_ids), _CHUNK)]
 
 
 def _open_row(row: ApprovalRow, legacy_last_id: int) -> OpenRow:
@@ -87,8 +89,7 @@ async def trade_ids_without_row(sessions: Sessions, trade_ids: Sequence[UUID]) -
     """Those of ``trade_ids`` that have no approval row at all."""
     known: set[UUID] = set()
     async with read_session(sessions) as session:
-        for start in range(0, len(trade_ids), _CHUNK):
-            chunk = trade_ids[start : start + _CHUNK]
+        for chunk in _chunks(trade_ids):
             found = await session.execute(
                 select(ApprovalRow.trade_id).where(ApprovalRow.trade_id.in_(chunk))
             )

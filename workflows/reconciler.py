@@ -86,8 +86,6 @@ class ReconcilerInput(_Message):
     """Passes before continuing as new (about 100 minutes at the default interval)."""
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 60
     last: ReconcileReport | None = None
-    last_full_at: UtcDatetime | None = None
-    """When the last full pass began."""
     last_full: ReconcileReport | None = None
     """The last full pass's report (``/readyz``: what stands between full passes)."""
     last_began: UtcDatetime | None = None
@@ -130,8 +128,8 @@ class ReconcilerWorkflow:
     def __init__(self, data: ReconcilerInput) -> None:
         self._interval = data.interval_seconds
         self._full_interval = data.full_interval_seconds
-        self._last_full_at = data.last_full_at
-        self._last_full = data.last_full
+        # A run continued from before the periodic passes knows no last_full: its last was.
+        self._last_full = data.last_full or (data.last if data.last and data.last.full else None)
         self._last_began = data.last_began
         self._startup = data.startup
         self._last = data.last
@@ -165,7 +163,6 @@ class ReconcilerWorkflow:
                     "interval_seconds": self._interval,
                     "full_interval_seconds": self._full_interval,
                     "last": self._last,
-                    "last_full_at": self._last_full_at,
                     "last_full": self._last_full,
                     "last_began": self._last_began,
                     "startup": self._startup,
@@ -176,10 +173,10 @@ class ReconcilerWorkflow:
 
     def _closed_since(self) -> datetime | None:
         """None when this pass must be full: asked for, the first, or a full one is due."""
-        began, full_at = self._last_began, self._last_full_at
-        if self._wanted > self._started or began is None or full_at is None:
+        began, full = self._last_began, self._last_full
+        if self._wanted > self._started or began is None or full is None:
             return None
-        if workflow.now() - full_at >= timedelta(seconds=self._full_interval):
+        if workflow.now() - full.at >= timedelta(seconds=self._full_interval):
             return None
         return began - CLOSED_OVERLAP
 
@@ -200,7 +197,6 @@ class ReconcilerWorkflow:
         )
         self._last = report
         if report.full:
-            self._last_full_at = report.at
             self._last_full = report
         self._completed += 1
         for finding in report.alerts():

@@ -96,8 +96,7 @@ async def _reconciler_view(
         ).status(rpc_timeout=_CHECK_TIMEOUT)
     except Exception:  # not started yet, or no worker to answer the query
         return None, "unknown" if configured else "not configured"
-    # (A reconciler from before the periodic passes knows no last_full: its last was full.)
-    full = status.last_full or (status.last if status.last and status.last.full else None)
+    full = status.last_full
     view = {
         "startup": status.startup.summary() if status.startup else None,
         "last": status.last.summary() if status.last else None,
