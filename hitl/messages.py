@@ -26,6 +26,7 @@ from hitl.models import (
     TradeStatus,
     UtcDatetime,
 )
+from hitl.notices import NoticeKind
 from hitl.signing import CommandProof
 
 SYSTEM_ACTOR = "system"
@@ -135,6 +136,9 @@ class RecordRequestInput(_Message):
 
     approval: ApprovalRequest
     requested_by: PrincipalId
+    notify: bool = False
+    """Queue the operators' notice of the request with it (``NOTICE_OUTBOX``), if it is still
+    awaiting a decision once stored."""
 
 
 class RecordDecisionInput(_Message):
@@ -146,6 +150,11 @@ class RecordDecisionInput(_Message):
     event_type: str
     audit_payload: dict[str, Any] = Field(default_factory=dict)
     error_code: str | None = None
+    notice: NoticeKind | None = None
+    """The notice this change owes the operators (``NOTICE_OUTBOX``), queued with it when the
+    outcome stored calls for it (:func:`hitl.notices.notice_due`)."""
+    channel: DecisionChannel | None = None
+    """The channel of the command making the change, which shows its own outcome."""
 
 
 class DecisionRecorded(_Message):

@@ -69,6 +69,17 @@ RECONCILE_REPAIRS = Counter(
     "hitl_reconcile_repairs_total",
     "Approvals closed REJECTED with WORKFLOW_LOST because their workflow was gone.",
 )
+NOTICES = Counter(
+    "hitl_notices_total",
+    "Notices to the operators the worker's dispatcher finished, by kind and outcome (sent, or"
+    " abandoned after the approval's window or for a failed MAC).",
+    ["kind", "outcome"],
+)
+NOTICE_FAILURES = Counter(
+    "hitl_notice_failures_total",
+    "Attempts to send a notice that failed (each is retried until the approval's window ends).",
+    ["kind"],
+)
 AUDIT_CHAIN_BROKEN = Gauge(
     "hitl_audit_chain_broken",
     "1 when the worker's last check of the audit chain found the record broken, else 0.",

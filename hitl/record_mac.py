@@ -43,6 +43,8 @@ class RecordKind(StrEnum):
     GUARDIAN = "guardian"
     CHECKPOINT = "checkpoint"
     """A chain head recorded outside the database (a line of the checkpoint file)."""
+    NOTICE = "notice"
+    """A queued notice to the operators: its kind and the approval it tells of."""
 
 
 class SigningKey(Protocol):

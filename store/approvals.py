@@ -38,6 +38,7 @@ from hitl.models import (
     TradeProposal,
     TradeStatus,
 )
+from hitl.notices import NoticeKind, notice_due
 from hitl.record_mac import RecordKind
 from hitl.slippage import snapshot_figures
 from store.audit import SNAPSHOT_TARGET, AuditEntry, write_audit
@@ -51,6 +52,7 @@ from store.integrity import (
     seal,
     seal_approval,
 )
+from store.notice_queue import queue_notice
 from store.tables import (
     ApprovalRow,
     AuditRow,
@@ -198,6 +200,10 @@ async def record_request(sessions: Sessions, data: RecordRequestInput) -> Record
             approval = await write_guardian_rejection(
                 session, row, approval, guardian=guardian, at=approval.requested_at
             )
+        if data.notify and notice_due(NoticeKind.APPROVAL_REQUESTED, approval):
+            await queue_notice(
+                session, NoticeKind.APPROVAL_REQUESTED, approval, now=datetime.now(UTC)
+            )
     return Recorded(approval, written=True)
 
 
@@ -300,7 +306,16 @@ async def record_decision(
         )
         event_type = data.event_type if intact else "hitl.decided"
         await add_event(session, event_type=event_type, approval=decided, key=f"{trade_id}:decided")
+        await _queue_owed_notice(session, data, decided)
     return Recorded(DecisionRecorded(approval=decided, integrity_failure=not intact), written=True)
+
+
+async def _queue_owed_notice(
+    session: AsyncSession, data: RecordDecisionInput, outcome: ApprovalRequest
+) -> None:
+    """Queue the notice ``data`` asks for, if the outcome stored owes it (hitl/notices.py)."""
+    if data.notice is not None and notice_due(data.notice, outcome, channel=data.channel):
+        await queue_notice(session, data.notice, outcome, now=datetime.now(UTC))
 
 
 async def record_approval(
@@ -378,6 +393,7 @@ async def record_approval(
             approval=approved,
             key=f"{trade_id}:approved:{len(approved.approvers)}",
         )
+        await _queue_owed_notice(session, data, approved)
     return Recorded(DecisionRecorded(approval=approved), written=True)
 
 
@@ -411,6 +427,7 @@ async def _reject_altered(
         ),
     )
     await add_event(session, event_type="hitl.decided", approval=decided, key=f"{trade_id}:decided")
+    await _queue_owed_notice(session, data, decided)
     return Recorded(DecisionRecorded(approval=decided, integrity_failure=True), written=True)
 
 

@@ -197,6 +197,41 @@ class EventRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
 
 
+class NoticeRow(Base):
+    """A notice to the operators, queued in the transaction of the change it tells (migration
+    0008): the approval as that change left it, MAC'd; ``done_at`` once sent or abandoned."""
+
+    __tablename__ = "hitl_notices"
+    __table_args__ = (
+        Index("idx_notices_trade", "trade_id"),
+        Index(
+            "idx_notices_pending",
+            "id",
+            sqlite_where=text("done_at IS NULL"),
+            postgresql_where=text("done_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    trade_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    mac: Mapped[str] = mapped_column(String(64))
+    mac_key_id: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    give_up_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    """Past it a notice that still fails is abandoned (the approval's window has gone by)."""
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """A dispatcher is sending it until then (another may take it after: a lease)."""
+    done_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+
 class ApiTokenRow(Base):
     """An API bearer token, stored only as its SHA-256; revoked tokens are kept for the record."""
 

@@ -44,7 +44,7 @@ SQLITE_GUARDS = {
 }
 
 T = TypeVar("T")
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture(params=["empty_postgres_url", "empty_sqlite_url"], ids=["postgresql", "sqlite"])
@@ -165,6 +165,7 @@ async def test_schema_details_alembic_does_not_compare(engine: AsyncEngine) -> N
     assert {name for name, is_partial in partial.items() if is_partial} == {
         "idx_hitl_pending",
         "idx_deep_link_unused",
+        "idx_notices_pending",
     }
 
 

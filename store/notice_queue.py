@@ -1,0 +1,244 @@
+"""The operators' notices, queued in the transaction of the change they tell and taken from
+there by the worker's dispatcher (``activities/notice_dispatch.py``).
+
+A notice is the approval as its change left it, MAC'd with the RECORD key (a row edited in the
+database is not sent: it is abandoned, with a log line at CRITICAL). Notices of one trade go out
+in the order they were queued, one dispatcher at a time: a dispatcher takes a trade's notices
+only from its earliest one not yet done, under a lease, and a later notice of the trade waits
+while an earlier one is retried. A notice that cannot be sent within the approval's window is
+abandoned, as the workflow's own notices were given up after it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+
+from hitl.models import ApprovalRequest
+from hitl.notices import NoticeKind
+from hitl.record_mac import MacCheck, RecordKind, RecordSigner
+from store.engine import AsyncSession, Sessions, read_session
+from store.integrity import record_keys, seal
+from store.tables import NoticeRow
+
+MIN_WINDOW = timedelta(minutes=1)
+"""The least time a notice is retried for, however short its approval's window."""
+ERROR_LENGTH = 500
+
+
+class NoticeOutcome:
+    """What became of a notice (the ``outcome`` column)."""
+
+    SENT = "sent"
+    ABANDONED = "abandoned"
+    """Not sent within the approval's window, or failed its MAC."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedNotice:
+    """A notice a dispatcher has taken: send it, then mark it."""
+
+    id: int
+    kind: str
+    """Its kind as stored (a :class:`NoticeKind` unless the row was edited)."""
+    trade_id: UUID
+    approval: ApprovalRequest | None
+    """The approval it tells of; None when the row failed its MAC (never sent)."""
+    attempts: int
+    give_up_at: datetime
+
+
+def _content(kind: NoticeKind, approval: ApprovalRequest) -> dict[str, object]:
+    return {"kind": kind.value, "approval": approval.to_dict()}
+
+
+async def queue_notice(
+    session: AsyncSession, kind: NoticeKind, approval: ApprovalRequest, *, now: datetime
+) -> None:
+    """Queue ``kind`` about ``approval`` in the caller's transaction (the change's own).
+
+    The change's transaction writes it once; its key (trade, kind, status) refuses a second.
+    """
+    sealed = seal(RecordKind.NOTICE, _content(kind, approval))
+    window = max(approval.expires_at - approval.requested_at, MIN_WINDOW)
+    session.add(
+        NoticeRow(
+            kind=kind.value,
+            trade_id=approval.trade_id,
+            payload=approval.to_dict(),
+            mac=sealed.mac,
+            mac_key_id=sealed.key_id,
+            correlation_id=approval.correlation_id,
+            idempotency_key=(
+                f"{approval.trade_id}:{kind.value}:{approval.status.value}"
+                f":{len(approval.approvers)}"
+            ),
+            created_at=now,
+            give_up_at=now + window,
+            next_attempt_at=now,
+            attempts=0,
+        )
+    )
+
+
+def _verified(row: NoticeRow) -> ApprovalRequest | None:
+    try:
+        kind = NoticeKind(row.kind)
+        approval = ApprovalRequest.from_dict(row.payload)
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+    check = RecordSigner(record_keys()).check(
+        RecordKind.NOTICE,
+        _content(kind, approval),
+        mac=row.mac,
+        key_id=row.mac_key_id,
+        at=approval.requested_at,
+    )
+    return approval if check is MacCheck.VALID and approval.trade_id == row.trade_id else None
+
+
+def _takeable(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        NoticeRow.done_at.is_(None),
+        NoticeRow.next_attempt_at <= now,
+        or_(NoticeRow.claimed_until.is_(None), NoticeRow.claimed_until < now),
+    )
+
+
+async def due_any(sessions: Sessions, *, now: datetime) -> bool:
+    """Whether a notice is due and not taken (a reader's query: an idle dispatcher's poll takes
+    no lock)."""
+    async with read_session(sessions) as session:
+        found = await session.scalar(select(NoticeRow.id).where(_takeable(now)).limit(1))
+    return found is not None
+
+
+async def claim(
+    sessions: Sessions, *, now: datetime, lease: timedelta, limit: int
+) -> list[QueuedNotice]:
+    """Take up to ``limit`` due notices for ``lease``, in queue order, each trade's only from
+    its earliest notice not yet done (a later one waits for the earlier to go or be abandoned).
+    """
+    async with sessions.begin() as session:
+        query = select(NoticeRow).where(_takeable(now)).order_by(NoticeRow.id).limit(limit)
+        if session.bind.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = list((await session.scalars(query)).all())
+        if not rows:
+            return []
+        heads = dict(
+            (
+                await session.execute(
+                    select(NoticeRow.trade_id, func.min(NoticeRow.id))
+                    .where(
+                        NoticeRow.done_at.is_(None),
+                        NoticeRow.trade_id.in_({row.trade_id for row in rows}),
+                    )
+                    .group_by(NoticeRow.trade_id)
+                )
+            )
+            .tuples()
+            .all()
+        )
+        by_trade: dict[UUID, list[NoticeRow]] = defaultdict(list)
+        for row in rows:
+            by_trade[row.trade_id].append(row)
+        taken = [
+            row
+            for trade_id, queued in by_trade.items()
+            if queued[0].id == heads.get(trade_id)
+            for row in queued
+        ]
+        if not taken:
+            return []
+        await session.execute(
+            update(NoticeRow)
+            .where(NoticeRow.id.in_([row.id for row in taken]))
+            .values(claimed_until=now + lease)
+        )
+    taken.sort(key=lambda row: row.id)
+    return [
+        QueuedNotice(
+            id=row.id,
+            kind=row.kind,
+            trade_id=row.trade_id,
+            approval=_verified(row),
+            attempts=row.attempts,
+            give_up_at=row.give_up_at,
+        )
+        for row in taken
+    ]
+
+
+async def mark_sent(sessions: Sessions, notice_ids: Sequence[int], *, now: datetime) -> None:
+    """Record notices sent (one transaction for a dispatcher's batch)."""
+    if not notice_ids:
+        return
+    async with sessions.begin() as session:
+        await session.execute(
+            update(NoticeRow)
+            .where(NoticeRow.id.in_(notice_ids))
+            .values(
+                done_at=now,
+                outcome=NoticeOutcome.SENT,
+                claimed_until=None,
+                attempts=NoticeRow.attempts + 1,
+            )
+        )
+
+
+async def abandon(sessions: Sessions, notice_id: int, *, now: datetime, error: str) -> None:
+    """Record a notice abandoned, with why (its trade's later notices go on)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(NoticeRow)
+            .where(NoticeRow.id == notice_id)
+            .values(
+                done_at=now,
+                outcome=NoticeOutcome.ABANDONED,
+                claimed_until=None,
+                last_error=error[:ERROR_LENGTH],
+            )
+        )
+
+
+async def mark_failed(
+    sessions: Sessions, notice_id: int, *, now: datetime, retry_at: datetime, error: str
+) -> None:
+    """Record a failed attempt: the notice is due again at ``retry_at`` (its trade's later
+    notices wait for it)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(NoticeRow)
+            .where(NoticeRow.id == notice_id)
+            .values(
+                next_attempt_at=retry_at,
+                claimed_until=None,
+                attempts=NoticeRow.attempts + 1,
+                last_error=error[:ERROR_LENGTH],
+            )
+        )
+
+
+async def release(sessions: Sessions, notice_ids: Sequence[int]) -> None:
+    """Give back notices taken but not attempted (an earlier one of their trade failed)."""
+    if not notice_ids:
+        return
+    async with sessions.begin() as session:
+        await session.execute(
+            update(NoticeRow).where(NoticeRow.id.in_(notice_ids)).values(claimed_until=None)
+        )
+
+
+async def pending_count(sessions: Sessions) -> int:
+    """How many notices are not yet done."""
+    async with read_session(sessions) as session:
+        count = await session.scalar(
+            select(func.count()).select_from(NoticeRow).where(NoticeRow.done_at.is_(None))
+        )
+    return int(count or 0)
