@@ -26,6 +26,7 @@ from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
 from activities.market_providers import MarketDataProvider, market_from_settings
 from activities.market_quotes import MarketDataActivities
+from activities.notice_dispatch import NoticeDispatcher
 from activities.notifications import NotificationActivities, Notifier
 from activities.persistence import PersistenceActivities
 from activities.policy import PolicyActivities, WorkerTrust, install_trust
@@ -89,6 +90,9 @@ def activities_for(
     ]
 
 
+SHUTDOWN_DRAIN_SECONDS = 5.0
+"""How long a stopping worker keeps sending the notices due."""
+
 GUARDIAN_CACHED_WORKFLOWS = 10
 """The Guardian worker keeps its one workflow (and a few runs of it) cached."""
 
@@ -99,10 +103,15 @@ class GatewayWorkers:
     on the Guardian's own queue (``guardian_task_queue``), so that thousands of approvals
     waiting for a slot never delay a lock or its cascade."""
 
-    def __init__(self, approvals: Worker, guardian: Worker) -> None:
+    def __init__(
+        self, approvals: Worker, guardian: Worker, notices: NoticeDispatcher | None = None
+    ) -> None:
         self.approvals = approvals
         self.guardian = guardian
+        self.notices = notices
+        """The dispatcher of the notices the approvals' changes queue, run beside them."""
         self._stack: contextlib.AsyncExitStack | None = None
+        self._dispatching: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> GatewayWorkers:
         async with contextlib.AsyncExitStack() as stack:
@@ -110,12 +119,24 @@ class GatewayWorkers:
             await stack.enter_async_context(self.guardian)
             await stack.enter_async_context(self.approvals)
             self._stack = stack.pop_all()
+        if self.notices is not None:
+            self._dispatching = asyncio.create_task(self.notices.run(), name="notice-dispatch")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+        dispatching, self._dispatching = self._dispatching, None
+        if dispatching is not None:
+            dispatching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatching
+        if self.notices is not None:
+            # The last activities' notices, sent before the process goes (another worker, or
+            # this one's next start, sends what is left).
+            with contextlib.suppress(Exception):
+                await self.notices.drain(seconds=SHUTDOWN_DRAIN_SECONDS)
 
 
 WORKFLOW_RUNNER = UnsandboxedWorkflowRunner()
@@ -134,6 +155,7 @@ def build_worker(
     activities: Sequence[Any],
     max_cached_workflows: int = 1000,
     trust: WorkerTrust | None = None,
+    notices: NoticeDispatcher | None = None,
 ) -> GatewayWorkers:
     """The workers of ``task_queue`` and of the Guardian's own queue, with the activities
     bound to their dependencies; the workflows' validators check commands against ``trust``
@@ -142,7 +164,10 @@ def build_worker(
     The approvals' worker still runs GuardianWorkflow: a Guardian started before it had a queue
     of its own runs there until it moves (``move_guardian_to_own_queue``). Both workers get
     every activity (registering one costs nothing); each workflow's activities are scheduled on
-    its own queue, so the Guardian's run on the Guardian's worker."""
+    its own queue, so the Guardian's run on the Guardian's worker.
+
+    ``notices`` sends, while the workers run, the notices the approvals' changes queue: a
+    worker process without one leaves them queued for another to send."""
     trust = trust or WorkerTrust.from_settings(get_settings())
     guardian_queue = guardian_task_queue(task_queue)
     install_trust(task_queue, trust)
@@ -165,7 +190,7 @@ def build_worker(
         graceful_shutdown_timeout=timedelta(seconds=10),
         workflow_runner=WORKFLOW_RUNNER,
     )
-    return GatewayWorkers(approvals, guardian)
+    return GatewayWorkers(approvals, guardian, notices)
 
 
 async def move_guardian_to_own_queue(client: Client, task_queue: str) -> None:
@@ -321,6 +346,7 @@ async def main() -> None:
             ],
             max_cached_workflows=settings.worker.max_cached_workflows,
             trust=trust,
+            notices=NoticeDispatcher(sessions, notifier),
         )
         log.info(
             "worker started",

@@ -187,7 +187,8 @@ class Bench:
         return int(count)
 
     def _notified(self, ids: Sequence[uuid.UUID]) -> int:
-        """How many of ``ids`` the worker's notify activity logged (the console notifier)."""
+        """How many of ``ids`` the worker logged a request notice for (the console notifier;
+        sent by its notice dispatcher, or by the notify activity in runs from before it)."""
         wanted = {str(trade_id) for trade_id in ids}
         seen: set[str] = set()
         log_path = self.stack.procs["worker"].log_path

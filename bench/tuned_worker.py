@@ -25,6 +25,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.market_providers import provider_from_settings
+from activities.notice_dispatch import NoticeDispatcher
 from activities.notifications import ConsoleNotifier
 from hitl.logs import configure_logging
 from hitl.settings import get_settings
@@ -64,15 +65,14 @@ async def main() -> None:
         "graceful_shutdown_timeout": timedelta(seconds=10),
         **worker_options(os.environ.get(OPTIONS_VARIABLE, "")),
     }
+    sessions = session_factory(engine, writer=True)
+    notifier = ConsoleNotifier()
     worker = Worker(
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[ApprovalWorkflow, GuardianWorkflow],
         activities=activities_for(
-            sessions=session_factory(engine, writer=True),
-            provider=provider,
-            notifier=ConsoleNotifier(),
-            client=client,
+            sessions=sessions, provider=provider, notifier=notifier, client=client
         ),
         **options,
     )
@@ -81,7 +81,9 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
+        dispatching = asyncio.create_task(NoticeDispatcher(sessions, notifier).run())
         await stop.wait()
+        dispatching.cancel()
     await provider.aclose()
     await engine.dispose()
 

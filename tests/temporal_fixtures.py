@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.testing import WorkflowEnvironment
 
 from activities.market_providers import MarketDataProvider, SimulatedMarketData
+from activities.notice_dispatch import NoticeDispatcher
 from activities.policy import WorkerTrust
 from hitl.keys import KeyPurpose, KeyringFile
 from hitl.messages import (
@@ -36,6 +37,8 @@ from workflows.connection import gateway_data_converter
 from workflows.search_attributes import KEYS, ensure_registered
 
 BIN = Path(sys.executable).parent
+TEST_POLL_SECONDS = 0.05
+"""The notice dispatcher's poll in tests: notices follow their change within a test's waits."""
 DEV_SERVER_PRAGMAS = [
     "--sqlite-pragma",
     "journal_mode=wal",
@@ -142,6 +145,11 @@ class Gateway:
     at decision time)."""
     trust: WorkerTrust | None = None
 
+    async def notices_sent(self) -> None:
+        """Wait until the notices queued so far are sent (the workflows no longer wait for
+        them: the worker's dispatcher sends them after the change, ``NOTICE_OUTBOX``)."""
+        await NoticeDispatcher(self.sessions, self.notifier).drain()
+
     def new_worker(self, *, max_cached_workflows: int = 100) -> GatewayWorkers:
         """Other workers on the same task queues, with the same dependencies."""
         return build_worker(
@@ -156,6 +164,7 @@ class Gateway:
             ),
             max_cached_workflows=max_cached_workflows,
             trust=self.trust,
+            notices=NoticeDispatcher(self.sessions, self.notifier, poll_seconds=TEST_POLL_SECONDS),
         )
 
 
@@ -218,6 +227,7 @@ async def start_gateway(
         ),
         max_cached_workflows=max_cached_workflows,
         trust=trust,
+        notices=NoticeDispatcher(sessions, notifier, poll_seconds=TEST_POLL_SECONDS),
     )
     gw = Gateway(
         env=env,

@@ -315,7 +315,8 @@ async def test_temporal_holds_ciphertext_that_an_operator_decodes(
             history = (await handle.fetch_history()).to_json_dict()
             payloads = _history_payloads(history)
             assert payloads
-            # Ours are sealed: the workflow's input and every activity's input and result.
+            # Ours are sealed: the workflow's input and every activity's input and result (the
+            # request's are local activities: their results are in markers).
             started = history["events"][0]["workflowExecutionStartedEventAttributes"]
             ours = _history_payloads(started["input"])
             for event in history["events"]:
@@ -324,6 +325,9 @@ async def test_temporal_holds_ciphertext_that_an_operator_decodes(
                     "activityTaskCompletedEventAttributes",
                 ):
                     ours += _history_payloads(event.get(kind, {}))
+                marker = event.get("markerRecordedEventAttributes", {})
+                if marker.get("markerName") == "core_local_activity":
+                    ours += _history_payloads(marker["details"].get("result", {}))
             assert len(ours) > 2
             assert all(base64.b64decode(p["metadata"]["encoding"]) == ENCODING for p in ours)
             # What stays plain is the SDK's own bookkeeping (patch and local-activity markers,

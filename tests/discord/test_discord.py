@@ -24,13 +24,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.deep_links import consume_deep_link, hash_token, issue_deep_link
 from activities.discord_notifier import DiscordNotifier, notifier_from_settings
 from activities.market_providers import SimulatedMarketData
+from activities.notice_dispatch import NoticeDispatcher
 from activities.notifications import ConsoleNotifier, NotificationActivities, Notifier
 from activities.policy import WorkerTrust
 from api.main import create_app
@@ -45,9 +45,10 @@ from hitl.messages import (
     SecurityAlertInput,
 )
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
+from hitl.notices import NoticeKind
 from hitl.settings import DiscordSettings, Settings, get_settings, load_settings
 from store.engine import session_factory
-from store.tables import ApprovalRow, AuditRow, DeepLinkTokenRow
+from store.tables import ApprovalRow, AuditRow, DeepLinkTokenRow, NoticeRow
 from tests.api.conftest import api_settings
 from tests.discord.fake_discord import (
     CHANNEL_MESSAGE,
@@ -55,7 +56,7 @@ from tests.discord.fake_discord import (
     EPHEMERAL,
     FakeDiscord,
 )
-from tests.temporal_fixtures import make_policy, make_proposal, wait_until
+from tests.temporal_fixtures import TEST_POLL_SECONDS, make_policy, make_proposal, wait_until
 from worker import activities_for, build_worker
 from workflows.client import ApprovalClient
 
@@ -191,6 +192,7 @@ async def running_rig(
             sessions=sessions, provider=market, notifier=notifier, client=env.client, trust=trust
         ),
         trust=trust,
+        notices=NoticeDispatcher(sessions, notifier, poll_seconds=TEST_POLL_SECONDS),
     )
     # The bot only logs in (REST): its clicks are injected instead of arriving by gateway.
     await bot.login(fake.bot_token)
@@ -395,26 +397,19 @@ async def test_clicker_is_told_of_slippage_and_of_a_standing_decision(rig: Rig) 
 # --- Discord failing --------------------------------------------------------------------------
 
 
-async def _attempts(rig: Rig, approval: ApprovalRequest, activity_type: str) -> list[int]:
-    """The attempt numbers of an activity's runs, from the workflow's history."""
-    handle = rig.env.client.get_workflow_handle(f"approval-{approval.trade_id}")
-    history = await handle.fetch_history()
-    scheduled = {
-        e.event_id
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
-    }
-    return [
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
-    ]
+async def _notice(rig: Rig, approval: ApprovalRequest, kind: NoticeKind) -> NoticeRow | None:
+    """The approval's queued notice of ``kind``, once the dispatcher is done with it."""
+    async with rig.sessions() as session:
+        row = await session.scalar(
+            select(NoticeRow).where(
+                NoticeRow.trade_id == approval.trade_id, NoticeRow.kind == kind.value
+            )
+        )
+    return row if row is not None and row.done_at is not None else None
 
 
 @pytest.mark.parametrize("status", [500, 429])
-async def test_discord_failure_is_retried_by_the_activity_and_notifies_once(
+async def test_discord_failure_is_retried_by_the_dispatcher_and_notifies_once(
     rig: Rig, status: int
 ) -> None:
     rig.fake.fail(status)
@@ -423,10 +418,13 @@ async def test_discord_failure_is_retried_by_the_activity_and_notifies_once(
     assert [c.status for c in rig.fake.requests("POST", MESSAGES)] == [status, 200]
     assert len(rig.fake.channel_messages()) == 1
     await wait_until(lambda: rig.audit(approval, "notify.discord"))
-    # Temporal retried the activity (discord.py's own retry loop never ran). Its start reaches
-    # the history when the attempt ends, a moment after the message's record is written.
-    await wait_until(lambda: _attempts(rig, approval, "notify_approval_requested"))
-    assert await _attempts(rig, approval, "notify_approval_requested") == [2]
+    # The notice dispatcher retried it (discord.py's own retry loop never ran): marked sent on
+    # its second attempt, a moment after the message's record is written.
+    await wait_until(lambda: _notice(rig, approval, NoticeKind.APPROVAL_REQUESTED))
+    notice = await _notice(rig, approval, NoticeKind.APPROVAL_REQUESTED)
+    assert notice is not None
+    assert (notice.outcome, notice.attempts) == ("sent", 2)
+    assert notice.last_error is not None and str(status) in notice.last_error
     # The approval is intact and decidable from the one message.
     edit_path = f"/channels/{message['channel_id']}/messages/{message['id']}"
     rig.click(message, f"hitl:approve:{approval.trade_id}", BOB)
@@ -601,6 +599,7 @@ async def test_without_a_bot_token_the_console_notifier_serves_the_gateway(
             activities=activities_for(
                 sessions=sqlite_sessions, provider=market, notifier=notifier, client=dev_env.client
             ),
+            notices=NoticeDispatcher(sqlite_sessions, notifier, poll_seconds=TEST_POLL_SECONDS),
         )
         async with worker:
             approvals = ApprovalClient(dev_env.client, task_queue=task_queue)

@@ -20,6 +20,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.discord_notifier import DiscordNotifier
 from activities.market_providers import SimulatedMarketData
+from activities.notice_dispatch import NoticeDispatcher
 from activities.notifications import NotificationActivities
 from activities.policy import WorkerTrust
 from hitl.keys import KeyPurpose, KeyringFile
@@ -27,7 +28,7 @@ from hitl.messages import ReminderInput, ReminderKind
 from hitl.models import ApprovalRequest, TradeProposal, TradeStatus
 from hitl.settings import get_settings
 from tests.discord.fake_discord import FakeDiscord
-from tests.temporal_fixtures import make_policy, make_proposal, wait_until
+from tests.temporal_fixtures import TEST_POLL_SECONDS, make_policy, make_proposal, wait_until
 from tests.workflows.test_approval_paths import command
 from worker import activities_for, build_worker
 from workflows.client import ApprovalClient
@@ -84,6 +85,7 @@ async def reminding(
             sessions=sessions, provider=market, notifier=notifier, client=env.client, trust=trust
         ),
         trust=trust,
+        notices=NoticeDispatcher(sessions, notifier, poll_seconds=TEST_POLL_SECONDS),
     )
     try:
         async with worker:

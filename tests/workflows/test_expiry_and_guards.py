@@ -61,6 +61,7 @@ async def test_property_7_expired_requests_are_auto_rejected(skipping_gateway: G
         "AWAITING_APPROVAL",
         "REJECTED",
     ]
+    await gw.notices_sent()
     assert [a.trade_id for a in gw.notifier.expired] == [proposal.trade_id]
     assert sample("hitl_rejections_total", reason="HITL_TIMEOUT") == before + 1
     # A decision after the deadline is told so (410), and changes nothing.
@@ -81,6 +82,7 @@ async def test_property_15_hitl_disabled_mode_auto_approves(
         assert decided.status is TradeStatus.ACCEPTED
         assert decided.decision_reason is DecisionReason.HITL_DISABLED
         assert decided.decision_channel is DecisionChannel.SYSTEM
+        await gw.notices_sent()
         assert gw.notifier.requested == []
         await handle.advance(
             LifecycleCommand(target=TradeStatus.FILLED, reported_by="bot-1", correlation_id="c")

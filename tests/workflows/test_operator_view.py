@@ -211,7 +211,8 @@ async def test_summary_and_details_are_shown_and_encrypted_while_attributes_stay
     assert "deadline" in summaries  # the deadline timer
     assert "record the request" in summaries
     assert "record REJECTED (OPERATOR_REJECTED)" in summaries
-    assert "approval requested" in summaries  # the notification activity
+    # No notification activity: the request's notice is queued with it (issue 19).
+    assert "approval requested" not in summaries
     details_now = await current_details(wf)
     assert "**REJECTED** · OPERATOR_REJECTED · by bob via API" in details_now
     assert r"too \*late\*" in details_now

@@ -44,6 +44,23 @@ def test_every_path_has_a_history() -> None:
         f"{path}-v5"
         for path in ("approve", "reject", "slippage", "expire", "guardian", "guardian-workflow")
     }
+    # v6: four eyes (issue 17)
+    assert stems >= {f"four-eyes-{path}-v6" for path in ("accept", "reject", "expire")}
+    # v7: notices queued by the store with their changes, not sent by activities (issue 19)
+    assert stems >= {
+        f"{path}-v7"
+        for path in (
+            "approve",
+            "reject",
+            "slippage",
+            "expire",
+            "guardian",
+            "guardian-workflow",
+            "four-eyes-accept",
+            "four-eyes-reject",
+            "four-eyes-expire",
+        )
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
