@@ -17,7 +17,7 @@ from api.deps import ServicesDep, SessionDep
 from api.services import Services
 from hitl import metrics as hitl_metrics
 from store.audit import verification_status
-from store.health import pending_count, ping
+from store.health import notice_backlog, pending_count, ping
 from store.metrics import decision_totals
 from workflows.reconciler import DISCORD_REPORT_SECONDS
 from workflows.reconciler_client import ReconcilerClient
@@ -67,15 +67,38 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["audit"] = f"unreadable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
+    notices = await _notices_view(services) if checks["database"] == "ok" else None
     reconciliation, discord = await _reconciler_view(
         services, temporal_ok=checks["temporal"] == "ok"
     )
     # Discord is shown, not required: without the bot clicks fail, everything else serves.
     checks["discord"] = discord
     return JSONResponse(
-        {"ready": ready, "checks": checks, "reconciliation": reconciliation},
+        {
+            "ready": ready,
+            "checks": checks,
+            "reconciliation": reconciliation,
+            "notices": notices,
+        },
         status_code=200 if ready else 503,
     )
+
+
+async def _notices_view(services: Services) -> dict[str, Any] | None:
+    """The operators' notices still to go (shown, not required: a notifier that is down delays
+    them, it does not stop decisions); None when the database does not answer in time."""
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT.total_seconds()):
+            async with services.sessions() as session:
+                backlog = await notice_backlog(session)
+    except Exception:
+        return None
+    oldest = backlog.oldest_queued_at
+    return {
+        "pending": backlog.pending,
+        "failing": backlog.failing,
+        "oldest_queued_at": oldest.isoformat() if oldest else None,
+    }
 
 
 DISCORD_SILENCE = timedelta(seconds=3 * DISCORD_REPORT_SECONDS)
