@@ -122,56 +122,86 @@ class NoticeDispatcher:
 
     async def dispatch_once(self) -> int:
         """Take the due notices (up to a batch) and send them; how many were taken."""
-        now = self._clock()
-        if not await notice_queue.due_any(self._sessions, now=now):
+        if not await notice_queue.due_any(self._sessions, now=self._clock()):
             return 0
+        # Both read before the claim waits for the database: its wait counts against the lease.
+        now, started = self._clock(), asyncio.get_running_loop().time()
         notices = await notice_queue.claim(self._sessions, now=now, lease=LEASE, limit=BATCH)
+        if not notices:
+            return 0
+        lease_end = notices[0].lease_end
         trades: dict[object, list[QueuedNotice]] = {}
         for notice in notices:
             trades.setdefault(notice.trade_id, []).append(notice)
         sent: list[int] = []
-        loop = asyncio.get_running_loop()
-        stop_at = loop.time() + START_SENDS_WITHIN.total_seconds()
+        stop_at = started + START_SENDS_WITHIN.total_seconds()
         try:
-            await asyncio.gather(
-                *(self._send_trade(queued, sent, stop_at) for queued in trades.values())
+            outcomes = await asyncio.gather(
+                *(self._send_trade(queued, sent, stop_at) for queued in trades.values()),
+                return_exceptions=True,
             )
-        except asyncio.CancelledError:
-            # Stopping: what went out is marked, the rest given back for the next dispatcher.
-            await asyncio.shield(self._settle(notices, sent))
-            raise
-        await notice_queue.mark_sent(self._sessions, sent, now=self._clock())
+        finally:
+            # Whatever happened to the other trades (a database error, a cancellation), what
+            # went out is marked: the rest goes again after the lease.
+            marked = await asyncio.shield(
+                notice_queue.mark_sent(self._sessions, sent, now=self._clock(), lease_end=lease_end)
+            )
+        if marked < len(sent):
+            log.warning(
+                "notices sent after their lease lapsed: another dispatcher may send them again",
+                correlation_id="-",
+                actor="worker",
+                action="notify.dispatch",
+                result="lease_lapsed",
+                sent=len(sent),
+                marked=marked,
+            )
         for notice in notices:
             if notice.id in sent:
                 NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.SENT).inc()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(notices)
-
-    async def _settle(self, notices: list[QueuedNotice], sent: list[int]) -> None:
-        await notice_queue.mark_sent(self._sessions, sent, now=self._clock())
-        await notice_queue.release(self._sessions, [n.id for n in notices if n.id not in sent])
 
     async def _send_trade(
         self, queued: list[QueuedNotice], sent: list[int], stop_at: float
     ) -> None:
         """Send one trade's notices in order; the first failure holds back the rest, and none
-        starts after ``stop_at`` (the loop's clock)."""
-        async with self._slots:
-            for index, notice in enumerate(queued):
-                if asyncio.get_running_loop().time() >= stop_at:
-                    await notice_queue.release(self._sessions, [n.id for n in queued[index:]])
+        starts after ``stop_at`` (the loop's clock): every send ends within the lease. A
+        cancellation gives back what was not attempted."""
+        lease_end = queued[0].lease_end
+        index = 0
+        try:
+            async with self._slots:
+                for index, notice in enumerate(queued):
+                    if asyncio.get_running_loop().time() >= stop_at:
+                        break
+                    outcome = await self._send_one(notice)
+                    if outcome is _Attempt.RETRY:
+                        index += 1
+                        break
+                    if outcome is _Attempt.SENT:
+                        sent.append(notice.id)
+                else:
                     return
-                outcome = await self._send_one(notice)
-                if outcome is _Attempt.RETRY:
-                    await notice_queue.release(self._sessions, [n.id for n in queued[index + 1 :]])
-                    return
-                if outcome is _Attempt.SENT:
-                    sent.append(notice.id)
+            rest = [n.id for n in queued[index:]]
+            await notice_queue.release(self._sessions, rest, lease_end=lease_end)
+        except asyncio.CancelledError:
+            rest = [n.id for n in queued if n.id not in sent]
+            await asyncio.shield(notice_queue.release(self._sessions, rest, lease_end=lease_end))
+            raise
 
     async def _send_one(self, notice: QueuedNotice) -> _Attempt:
         """Send ``notice``. A failure is retried later (its trade's later notices wait) or, past
         the approval's window, abandoned (they go on)."""
         if notice.approval is None:
             await self._abandon_altered(notice)
+            return _Attempt.ABANDONED
+        if self._clock() >= notice.give_up_at:
+            # First taken after the approval's window (dispatchers down, or held back behind
+            # an earlier notice): too late to tell, as the activity's schedule-to-close was.
+            await self._abandon(notice, error="not sent within the approval's window")
             return _Attempt.ABANDONED
         kind = NoticeKind(notice.kind)  # a verified row's kind is one
         try:
@@ -182,18 +212,7 @@ class NoticeDispatcher:
             NOTICE_FAILURES.labels(kind=notice.kind).inc()
             now = self._clock()
             if now >= notice.give_up_at:
-                log.warning(
-                    f"notification {notice.kind} abandoned after the approval's window",
-                    correlation_id=notice.approval.correlation_id,
-                    actor="worker",
-                    action=f"notify.{notice.kind}",
-                    result="abandoned",
-                    trade_id=str(notice.trade_id),
-                    attempts=notice.attempts + 1,
-                    error=error,
-                )
-                await notice_queue.abandon(self._sessions, notice.id, now=now, error=error)
-                NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.ABANDONED).inc()
+                await self._abandon(notice, error=error)
                 return _Attempt.ABANDONED
             retry_at = now + retry_delay(notice.attempts + 1)
             log.info(
@@ -208,10 +227,32 @@ class NoticeDispatcher:
                 error=error,
             )
             await notice_queue.mark_failed(
-                self._sessions, notice.id, now=now, retry_at=retry_at, error=error
+                self._sessions,
+                notice.id,
+                now=now,
+                lease_end=notice.lease_end,
+                retry_at=retry_at,
+                error=error,
             )
             return _Attempt.RETRY
         return _Attempt.SENT
+
+    async def _abandon(self, notice: QueuedNotice, *, error: str) -> None:
+        """Give a notice up after the approval's window, with a warning."""
+        log.warning(
+            f"notification {notice.kind} abandoned after the approval's window",
+            correlation_id=notice.approval.correlation_id if notice.approval else "-",
+            actor="worker",
+            action=f"notify.{notice.kind}",
+            result="abandoned",
+            trade_id=str(notice.trade_id),
+            attempts=notice.attempts,
+            error=error,
+        )
+        await notice_queue.abandon(
+            self._sessions, notice.id, now=self._clock(), lease_end=notice.lease_end, error=error
+        )
+        NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.ABANDONED).inc()
 
     async def _abandon_altered(self, notice: QueuedNotice) -> None:
         """A queued notice that fails its MAC was written or edited behind the gateway's back:
@@ -227,7 +268,9 @@ class NoticeDispatcher:
             error_code=ErrorCode.INTEGRITY_FAILURE.code,
             trade_id=str(notice.trade_id),
         )
-        await notice_queue.abandon(self._sessions, notice.id, now=now, error=message)
+        await notice_queue.abandon(
+            self._sessions, notice.id, now=now, lease_end=notice.lease_end, error=message
+        )
         NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.ABANDONED).inc()
         with contextlib.suppress(Exception):  # the log line above stands if the alert fails
             await self._notifier.security_alert(

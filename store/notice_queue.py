@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from hitl.models import ApprovalRequest
 from hitl.notices import NoticeKind
@@ -51,6 +53,9 @@ class QueuedNotice:
     """The approval it tells of; None when the row failed its MAC (never sent)."""
     attempts: int
     give_up_at: datetime
+    lease_end: datetime
+    """The claim's lease, also its token: marks of a claim whose lease another dispatcher has
+    since taken over change nothing."""
 
 
 def _content(kind: NoticeKind, approval: ApprovalRequest) -> dict[str, object]:
@@ -62,27 +67,34 @@ async def queue_notice(
 ) -> None:
     """Queue ``kind`` about ``approval`` in the caller's transaction (the change's own).
 
-    The change's transaction writes it once; its key (trade, kind, status) refuses a second.
+    The change's transaction writes it once; its key (trade, kind, status, approvers so far)
+    keeps a second out.
     """
     sealed = seal(RecordKind.NOTICE, _content(kind, approval))
     window = max(approval.expires_at - approval.requested_at, MIN_WINDOW)
-    session.add(
-        NoticeRow(
-            kind=kind.value,
-            trade_id=approval.trade_id,
-            payload=approval.to_dict(),
-            mac=sealed.mac,
-            mac_key_id=sealed.key_id,
-            correlation_id=approval.correlation_id,
-            idempotency_key=(
-                f"{approval.trade_id}:{kind.value}:{approval.status.value}"
-                f":{len(approval.approvers)}"
-            ),
-            created_at=now,
-            give_up_at=now + window,
-            next_attempt_at=now,
-            attempts=0,
-        )
+    values = {
+        "kind": kind.value,
+        "trade_id": approval.trade_id,
+        "payload": approval.to_dict(),
+        "mac": sealed.mac,
+        "mac_key_id": sealed.key_id,
+        "correlation_id": approval.correlation_id,
+        "idempotency_key": (
+            f"{approval.trade_id}:{kind.value}:{approval.status.value}:{len(approval.approvers)}"
+        ),
+        "created_at": now,
+        "give_up_at": now + window,
+        "next_attempt_at": now,
+        "attempts": 0,
+    }
+    # A row already under that key (written behind the gateway's back) must not fail the
+    # change's transaction forever: the change commits, the existing row stands (and is sent
+    # only if its MAC holds).
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(NoticeRow)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
     )
 
 
@@ -102,12 +114,31 @@ def _verified(row: NoticeRow) -> ApprovalRequest | None:
     return approval if check is MacCheck.VALID and approval.trade_id == row.trade_id else None
 
 
-def _takeable(now: datetime) -> ColumnElement[bool]:
+def _free(row: type[NoticeRow], now: datetime) -> ColumnElement[bool]:
+    """Not done, due, and nobody's (no lease, or a lapsed one)."""
     return and_(
-        NoticeRow.done_at.is_(None),
-        NoticeRow.next_attempt_at <= now,
-        or_(NoticeRow.claimed_until.is_(None), NoticeRow.claimed_until < now),
+        row.done_at.is_(None),
+        row.next_attempt_at <= now,
+        or_(row.claimed_until.is_(None), row.claimed_until < now),
     )
+
+
+def _takeable(now: datetime) -> ColumnElement[bool]:
+    """Free, and no earlier notice of its trade is held back (waiting for its retry, or
+    another dispatcher's): without this a queue's first rows, all waiting behind one failing
+    notice, would fill every batch and starve the rest."""
+    earlier = aliased(NoticeRow)
+    held = (
+        select(earlier.id)
+        .where(
+            earlier.trade_id == NoticeRow.trade_id,
+            earlier.id < NoticeRow.id,
+            earlier.done_at.is_(None),
+            or_(earlier.next_attempt_at > now, earlier.claimed_until >= now),
+        )
+        .exists()
+    )
+    return and_(_free(NoticeRow, now), ~held)
 
 
 async def due_any(sessions: Sessions, *, now: datetime) -> bool:
@@ -156,10 +187,11 @@ async def claim(
         ]
         if not taken:
             return []
+        lease_end = now + lease
         await session.execute(
             update(NoticeRow)
             .where(NoticeRow.id.in_([row.id for row in taken]))
-            .values(claimed_until=now + lease)
+            .values(claimed_until=lease_end)
         )
     taken.sort(key=lambda row: row.id)
     return [
@@ -170,19 +202,27 @@ async def claim(
             approval=_verified(row),
             attempts=row.attempts,
             give_up_at=row.give_up_at,
+            lease_end=lease_end,
         )
         for row in taken
     ]
 
 
-async def mark_sent(sessions: Sessions, notice_ids: Sequence[int], *, now: datetime) -> None:
-    """Record notices sent (one transaction for a dispatcher's batch)."""
+def _mine(notice_ids: Sequence[int], lease_end: datetime) -> ColumnElement[bool]:
+    return and_(NoticeRow.id.in_(notice_ids), NoticeRow.claimed_until == lease_end)
+
+
+async def mark_sent(
+    sessions: Sessions, notice_ids: Sequence[int], *, now: datetime, lease_end: datetime
+) -> int:
+    """Record notices sent (one transaction for a dispatcher's batch); how many were still
+    this claim's (the others' lease lapsed: whoever took them over sends them again)."""
     if not notice_ids:
-        return
+        return 0
     async with sessions.begin() as session:
-        await session.execute(
+        result = await session.execute(
             update(NoticeRow)
-            .where(NoticeRow.id.in_(notice_ids))
+            .where(_mine(notice_ids, lease_end))
             .values(
                 done_at=now,
                 outcome=NoticeOutcome.SENT,
@@ -190,14 +230,17 @@ async def mark_sent(sessions: Sessions, notice_ids: Sequence[int], *, now: datet
                 attempts=NoticeRow.attempts + 1,
             )
         )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def abandon(sessions: Sessions, notice_id: int, *, now: datetime, error: str) -> None:
+async def abandon(
+    sessions: Sessions, notice_id: int, *, now: datetime, lease_end: datetime, error: str
+) -> None:
     """Record a notice abandoned, with why (its trade's later notices go on)."""
     async with sessions.begin() as session:
         await session.execute(
             update(NoticeRow)
-            .where(NoticeRow.id == notice_id)
+            .where(_mine([notice_id], lease_end))
             .values(
                 done_at=now,
                 outcome=NoticeOutcome.ABANDONED,
@@ -208,14 +251,20 @@ async def abandon(sessions: Sessions, notice_id: int, *, now: datetime, error: s
 
 
 async def mark_failed(
-    sessions: Sessions, notice_id: int, *, now: datetime, retry_at: datetime, error: str
+    sessions: Sessions,
+    notice_id: int,
+    *,
+    now: datetime,
+    lease_end: datetime,
+    retry_at: datetime,
+    error: str,
 ) -> None:
     """Record a failed attempt: the notice is due again at ``retry_at`` (its trade's later
     notices wait for it)."""
     async with sessions.begin() as session:
         await session.execute(
             update(NoticeRow)
-            .where(NoticeRow.id == notice_id)
+            .where(_mine([notice_id], lease_end))
             .values(
                 next_attempt_at=retry_at,
                 claimed_until=None,
@@ -225,13 +274,14 @@ async def mark_failed(
         )
 
 
-async def release(sessions: Sessions, notice_ids: Sequence[int]) -> None:
-    """Give back notices taken but not attempted (an earlier one of their trade failed)."""
+async def release(sessions: Sessions, notice_ids: Sequence[int], *, lease_end: datetime) -> None:
+    """Give back notices taken but not attempted (an earlier one of their trade failed, or the
+    lease would not cover their send)."""
     if not notice_ids:
         return
     async with sessions.begin() as session:
         await session.execute(
-            update(NoticeRow).where(NoticeRow.id.in_(notice_ids)).values(claimed_until=None)
+            update(NoticeRow).where(_mine(notice_ids, lease_end)).values(claimed_until=None)
         )
 
 

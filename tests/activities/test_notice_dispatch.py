@@ -23,6 +23,7 @@ from activities.notice_dispatch import NoticeDispatcher, retry_delay
 from hitl.messages import GuardianCascadeSummary, ReminderKind, SecurityAlertInput
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from hitl.notices import NoticeKind
+from store import notice_queue
 from store.engine import Sessions, session_factory
 from store.notice_queue import NoticeOutcome, queue_notice
 from store.tables import NoticeRow
@@ -193,12 +194,14 @@ async def test_a_notice_failing_past_the_window_is_abandoned_and_its_trade_goes_
 ) -> None:
     clock = Clock()
     story = _story(new_approval(expires_in=timedelta(minutes=2)), "expired")
-    await _queue(sessions, story, at=clock.now)
+    await _queue(sessions, story[:1], at=clock.now)
     trade = story[0][1].trade_id
     notifier = FlakyNotifier(failures={(trade, NoticeKind.APPROVAL_REQUESTED): 1000})
     dispatcher = NoticeDispatcher(sessions, notifier, clock=clock)
 
-    for _ in range(10):  # 1, 2, 4, 8, 16, 30, 30… s: the window of 2 minutes runs out
+    for step in range(10):  # 1, 2, 4, 8, 16, 30, 30… s: the window of 2 minutes runs out
+        if step == 4:  # the deadline: the expiry's notice is queued behind the failing one
+            await _queue(sessions, story[1:], at=clock.now)
         clock.advance(timedelta(seconds=30))
         await dispatcher.dispatch_once()
     assert notifier.sent == _expected(story[1:])
@@ -233,6 +236,44 @@ async def test_a_notice_edited_in_the_database_is_not_sent_and_raises_an_alert(
         NoticeOutcome.ABANDONED,
         NoticeOutcome.SENT,
     ]
+
+
+async def test_a_notice_first_taken_after_the_window_is_abandoned_unsent(
+    sessions: Sessions,
+) -> None:
+    clock = Clock()
+    story = _story(new_approval(expires_in=timedelta(minutes=2)), "accepted")
+    await _queue(sessions, story, at=clock.now)
+    clock.advance(timedelta(minutes=3))  # every dispatcher was down meanwhile
+    notifier = FlakyNotifier()
+
+    await NoticeDispatcher(sessions, notifier, clock=clock).drain()
+
+    assert notifier.sent == [] and notifier.attempts == Counter()
+    assert [r.outcome for r in await _rows(sessions)] == [NoticeOutcome.ABANDONED] * 2
+
+
+async def test_a_database_error_in_one_trade_keeps_the_others_marked_sent(
+    sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    failing = _story(new_approval(), "accepted")
+    fine = _story(new_approval(), "accepted")[:1]
+    await _queue(sessions, failing + fine, at=clock.now)
+    trade = failing[0][1].trade_id
+    notifier = FlakyNotifier(failures={(trade, NoticeKind.APPROVAL_REQUESTED): 1})
+
+    async def release_fails(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(notice_queue, "release", release_fails)
+    with pytest.raises(ConnectionError):
+        await NoticeDispatcher(sessions, notifier, clock=clock).dispatch_once()
+
+    assert notifier.sent == _expected(fine)
+    outcomes = {(r.trade_id, r.kind): r.outcome for r in await _rows(sessions)}
+    assert outcomes[(fine[0][1].trade_id, NoticeKind.APPROVAL_REQUESTED.value)] == "sent"
+    assert outcomes[(trade, NoticeKind.APPROVAL_REQUESTED.value)] is None  # retried later
 
 
 @dataclass

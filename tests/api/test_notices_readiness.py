@@ -35,18 +35,14 @@ async def test_readyz_shows_the_notices_still_to_go(api: Api) -> None:
     second = await create(api)
     second_id = uuid.UUID(second["trade_id"])
     await wait_until(lambda: any(a.trade_id == second_id for a in api.gw.notifier.requested))
+    now = datetime.now(UTC)
     async with api.gw.sessions.begin() as session:
         row = await session.scalar(select(NoticeRow).where(NoticeRow.trade_id == second_id))
         assert row is not None
-        row.done_at, row.outcome = None, None  # as if never sent
-    now = datetime.now(UTC)
-    await notice_queue.mark_failed(
-        api.gw.sessions,
-        row.id,
-        now=now,
-        retry_at=now + timedelta(hours=1),
-        error="HTTPException: 503 Service Unavailable",
-    )
+        # As if the notifier had failed it once and its retry were an hour away.
+        row.done_at, row.outcome, row.attempts = None, None, 1
+        row.next_attempt_at = now + timedelta(hours=1)
+        row.last_error = "HTTPException: 503 Service Unavailable"
     notices = await _notices(api)
     assert notices["pending"] == 1
     assert notices["failing"] == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hitl.messages import GuardianCommand, RecordDecisionInput, RecordRequestInput
@@ -185,26 +185,45 @@ async def test_claims_take_each_trades_notices_in_order_from_its_earliest(
     assert await notice_queue.claim(sessions, now=now, lease=LEASE, limit=10) == []
     assert not await notice_queue.due_any(sessions, now=now)
     later = now + LEASE + timedelta(seconds=1)
-    assert len(await notice_queue.claim(sessions, now=later, lease=LEASE, limit=10)) == 3
+
+    # The lease lapsed and was taken over: the first claim's marks change nothing.
+    retaken = await notice_queue.claim(sessions, now=later, lease=LEASE, limit=10)
+    assert len(retaken) == 3
+    stale = taken[0].lease_end
+    assert await notice_queue.mark_sent(sessions, [taken[2].id], now=later, lease_end=stale) == 0
+    await notice_queue.release(sessions, [taken[1].id], lease_end=stale)
+    assert await notice_queue.claim(sessions, now=later, lease=LEASE, limit=10) == []
+    lease = retaken[0].lease_end
 
     # The first trade's request failed and waits for its retry: its decision waits behind it,
     # the other trade's notice goes on.
     retry_at = later + timedelta(seconds=5)
     await notice_queue.mark_failed(
-        sessions, taken[0].id, now=later, retry_at=retry_at, error="Discord 503"
+        sessions, taken[0].id, now=later, lease_end=lease, retry_at=retry_at, error="Discord 503"
     )
-    await notice_queue.release(sessions, [taken[1].id, taken[2].id])
+    await notice_queue.release(sessions, [taken[1].id, taken[2].id], lease_end=lease)
+    assert await notice_queue.due_any(sessions, now=later)
     blocked = await notice_queue.claim(sessions, now=later, lease=LEASE, limit=10)
     assert [n.id for n in blocked] == [taken[2].id]
-    await notice_queue.mark_sent(sessions, [taken[2].id], now=later)
+    assert (
+        await notice_queue.mark_sent(
+            sessions, [taken[2].id], now=later, lease_end=blocked[0].lease_end
+        )
+        == 1
+    )
+    # Only the decision held back behind its request remains: nothing is due, nothing taken.
+    assert not await notice_queue.due_any(sessions, now=later)
 
     # Due again: the request first, then the decision, in one claim.
     again = await notice_queue.claim(sessions, now=retry_at, lease=LEASE, limit=10)
     assert [n.id for n in again] == [taken[0].id, taken[1].id]
     assert again[0].attempts == 1
     # Abandoned, the request no longer holds the decision back.
-    await notice_queue.abandon(sessions, taken[0].id, now=retry_at, error="window over")
-    await notice_queue.release(sessions, [taken[1].id])
+    lease = again[0].lease_end
+    await notice_queue.abandon(
+        sessions, taken[0].id, now=retry_at, lease_end=lease, error="window over"
+    )
+    await notice_queue.release(sessions, [taken[1].id], lease_end=lease)
     assert [
         n.id for n in await notice_queue.claim(sessions, now=retry_at, lease=LEASE, limit=10)
     ] == [taken[1].id]
@@ -226,3 +245,57 @@ async def test_a_notice_edited_in_the_database_is_handed_out_as_unverified(
     [taken] = await notice_queue.claim(sessions, now=datetime.now(UTC), lease=LEASE, limit=10)
     assert taken.trade_id == approval.trade_id
     assert taken.approval is None
+
+
+async def test_notices_held_back_never_fill_a_claim(sessions: Sessions) -> None:
+    """A trade's later notices waiting behind its failing first one are not taken at all, so a
+    long queue of them cannot crowd out every other trade's (nor keep an idle poll writing)."""
+    held = await _requested(sessions)
+    await record_decision(sessions, _decided(held))
+    other = await _requested(sessions)
+    now = datetime.now(UTC)
+    [head, follower, _] = await notice_queue.claim(sessions, now=now, lease=LEASE, limit=10)
+    await notice_queue.mark_failed(
+        sessions,
+        head.id,
+        now=now,
+        lease_end=head.lease_end,
+        retry_at=now + timedelta(minutes=1),
+        error="Discord 503",
+    )
+    await notice_queue.release(sessions, [follower.id, _.id], lease_end=head.lease_end)
+
+    # A claim of one takes the other trade's, not the held-back decision.
+    [taken] = await notice_queue.claim(sessions, now=now, lease=LEASE, limit=1)
+    assert taken.trade_id == other.trade_id
+    assert not await notice_queue.due_any(sessions, now=now)
+
+
+async def test_a_row_already_under_the_notices_key_does_not_block_the_change(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    """Someone with write access plants a notice under the key a decision's will use: the
+    decision still commits (its transaction would otherwise fail, and be retried, forever)."""
+    approval = await _requested(sessions, notify=False)
+    planted = f"{approval.trade_id}:approval_decided:ACCEPTED:0"
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(NoticeRow).values(
+                kind="approval_decided",
+                trade_id=approval.trade_id,
+                payload={},
+                mac="00" * 32,
+                mac_key_id="forged",
+                correlation_id="c",
+                idempotency_key=planted,
+                created_at=now,
+                give_up_at=now,
+                next_attempt_at=now,
+                attempts=0,
+            )
+        )
+    result = await record_decision(sessions, _decided(approval))
+    assert result.written and result.value.approval.status is TradeStatus.ACCEPTED
+    [row] = await _queued(sessions, approval.trade_id)
+    assert row.mac_key_id == "forged"  # the planted row stands, and fails its MAC when taken
