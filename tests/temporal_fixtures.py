@@ -30,6 +30,7 @@ from hitl.messages import (
 from hitl.models import ApprovalRequest, Side, TradeProposal
 from hitl.settings import get_settings
 from migrations.runner import upgrade_to_head
+from store import notice_queue
 from store.engine import create_engine, session_factory
 from worker import GatewayWorkers, activities_for, build_worker
 from workflows.client import ApprovalClient
@@ -145,10 +146,17 @@ class Gateway:
     at decision time)."""
     trust: WorkerTrust | None = None
 
-    async def notices_sent(self) -> None:
-        """Wait until the notices queued so far are sent (the workflows no longer wait for
-        them: the worker's dispatcher sends them after the change, ``NOTICE_OUTBOX``)."""
-        await NoticeDispatcher(self.sessions, self.notifier).drain()
+    async def notices_sent(self, *, seconds: float = 30.0) -> None:
+        """Wait until every notice queued so far is done (the workflows no longer wait for them:
+        the worker's dispatcher sends them after the change, ``NOTICE_OUTBOX``). Dispatching
+        here too, and waiting for the worker's own dispatcher to finish what it has taken."""
+        dispatcher = NoticeDispatcher(self.sessions, self.notifier)
+        async with asyncio.timeout(seconds):
+            while True:
+                await dispatcher.dispatch_once()
+                if await notice_queue.pending_count(self.sessions) == 0:
+                    return
+                await asyncio.sleep(0.05)
 
     def new_worker(self, *, max_cached_workflows: int = 100) -> GatewayWorkers:
         """Other workers on the same task queues, with the same dependencies."""
