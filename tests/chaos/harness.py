@@ -45,6 +45,10 @@ ANSWER_WITHIN = 2.0
 DECISION_STATES = ("ACCEPTED", "REJECTED")
 
 
+PORT_ATTEMPTS = 3
+"""How many loopback ports the API is tried on at a stack's start."""
+
+
 class ProcessDied(AssertionError):
     """A process of the stack ended while the harness waited for it."""
 
@@ -385,8 +389,18 @@ class ChaosStack:
         self.spawn("temporal")
         await self.wait_temporal()
         self.spawn("worker")
-        self.spawn("api")
-        await self.wait_api()
+        for attempt in range(PORT_ATTEMPTS):
+            self.spawn("api")
+            try:
+                await self.wait_api()
+                return
+            except ProcessDied as died:
+                # The port was free when picked, seconds ago; an outgoing connection of this
+                # busy machine may have taken it since (seen once in CI). Another, then.
+                if "address already in use" not in str(died) or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self.procs["api"].log_file.close()
+                self.api_port = free_ports(1)[0]
 
     def stop(self) -> None:
         """Stop everything: SIGTERM, SIGKILL after a grace period (extra processes first)."""

@@ -8,6 +8,7 @@ The short scenarios run in ``make test`` on one embedded-SQLite stack; the long 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -264,3 +265,22 @@ async def test_postgres_stopped_for_30_seconds_under_load(
     assert max(seconds for _, _, seconds in probes) <= ANSWER_WITHIN, probes
     result = await verdict(stack, load, settle_seconds=120)
     _assert_clean(result)
+
+
+async def test_a_stack_whose_api_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path,
+) -> None:
+    """The harness picks its ports free, seconds before the API binds; an outgoing connection
+    of a busy machine once took the API's in between (the API died: address already in use)."""
+    running = ChaosStack(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}")
+    picked = running.api_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", picked))
+        squatter.listen()
+        try:
+            await running.start()
+            assert running.api_port != picked
+            async with httpx.AsyncClient(base_url=running.api_url, timeout=5) as http:
+                assert (await http.get("/readyz")).status_code == httpx.codes.OK
+        finally:
+            running.stop()
