@@ -249,8 +249,11 @@ class NoticeDispatcher:
             attempts=notice.attempts,
             error=error,
         )
+        await self._mark_abandoned(notice, now=self._clock(), error=error)
+
+    async def _mark_abandoned(self, notice: QueuedNotice, *, now: datetime, error: str) -> None:
         await notice_queue.abandon(
-            self._sessions, notice.id, now=self._clock(), lease_end=notice.lease_end, error=error
+            self._sessions, notice.id, now=now, lease_end=notice.lease_end, error=error
         )
         NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.ABANDONED).inc()
 
@@ -268,10 +271,7 @@ class NoticeDispatcher:
             error_code=ErrorCode.INTEGRITY_FAILURE.code,
             trade_id=str(notice.trade_id),
         )
-        await notice_queue.abandon(
-            self._sessions, notice.id, now=now, lease_end=notice.lease_end, error=message
-        )
-        NOTICES.labels(kind=notice.kind, outcome=NoticeOutcome.ABANDONED).inc()
+        await self._mark_abandoned(notice, now=now, error=message)
         with contextlib.suppress(Exception):  # the log line above stands if the alert fails
             await self._notifier.security_alert(
                 SecurityAlertInput(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
@@ -162,6 +162,9 @@ async def claim(
         rows = list((await session.scalars(query)).all())
         if not rows:
             return []
+        # The query's rule cannot see a head another claim has locked but not yet leased
+        # (SKIP LOCKED passes over it, not over its trade's later rows): only trades whose
+        # earliest notice not done is in this batch are taken.
         heads = dict(
             (
                 await session.execute(
@@ -285,10 +288,26 @@ async def release(sessions: Sessions, notice_ids: Sequence[int], *, lease_end: d
         )
 
 
-async def pending_count(sessions: Sessions) -> int:
-    """How many notices are not yet done."""
+@dataclass(frozen=True, slots=True)
+class NoticeBacklog:
+    """The notices not yet sent or abandoned (``/readyz`` shows it)."""
+
+    pending: int
+    failing: int
+    """Of them, those that failed at least once (a notifier down, retrying)."""
+    oldest_queued_at: datetime | None
+
+
+async def backlog(sessions: Sessions) -> NoticeBacklog:
+    """The queue's backlog, in one read of its partial index's rows (a reader's session)."""
     async with read_session(sessions) as session:
-        count = await session.scalar(
-            select(func.count()).select_from(NoticeRow).where(NoticeRow.done_at.is_(None))
-        )
-    return int(count or 0)
+        row = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(case((NoticeRow.attempts > 0, 1), else_=0)), 0),
+                    func.min(NoticeRow.created_at),
+                ).where(NoticeRow.done_at.is_(None))
+            )
+        ).one()
+    return NoticeBacklog(pending=int(row[0]), failing=int(row[1]), oldest_queued_at=row[2])

@@ -154,7 +154,7 @@ class Gateway:
         async with asyncio.timeout(seconds):
             while True:
                 await dispatcher.dispatch_once()
-                if await notice_queue.pending_count(self.sessions) == 0:
+                if (await notice_queue.backlog(self.sessions)).pending == 0:
                     return
                 await asyncio.sleep(0.05)
 

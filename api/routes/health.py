@@ -17,8 +17,9 @@ from api.deps import ServicesDep, SessionDep
 from api.services import Services
 from hitl import metrics as hitl_metrics
 from store.audit import verification_status
-from store.health import notice_backlog, pending_count, ping
+from store.health import pending_count, ping
 from store.metrics import decision_totals
+from store.notice_queue import backlog
 from workflows.reconciler import DISCORD_REPORT_SECONDS
 from workflows.reconciler_client import ReconcilerClient
 
@@ -89,14 +90,13 @@ async def _notices_view(services: Services) -> dict[str, Any] | None:
     them, it does not stop decisions); None when the database does not answer in time."""
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT.total_seconds()):
-            async with services.sessions() as session:
-                backlog = await notice_backlog(session)
+            notices = await backlog(services.sessions)
     except Exception:
         return None
-    oldest = backlog.oldest_queued_at
+    oldest = notices.oldest_queued_at
     return {
-        "pending": backlog.pending,
-        "failing": backlog.failing,
+        "pending": notices.pending,
+        "failing": notices.failing,
         "oldest_queued_at": oldest.isoformat() if oldest else None,
     }
 

@@ -230,7 +230,7 @@ async def test_claims_take_each_trades_notices_in_order_from_its_earliest(
     outcomes = {r.id: (r.outcome, r.attempts) for r in await _queued(sessions)}
     assert outcomes[taken[0].id] == (notice_queue.NoticeOutcome.ABANDONED, 1)
     assert outcomes[taken[2].id] == (notice_queue.NoticeOutcome.SENT, 1)
-    assert await notice_queue.pending_count(sessions) == 1
+    assert (await notice_queue.backlog(sessions)).pending == 1
 
 
 async def test_a_notice_edited_in_the_database_is_handed_out_as_unverified(
