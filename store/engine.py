@@ -3,8 +3,6 @@ SQLite, and the async engine factory."""
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeAlias
@@ -120,100 +118,6 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 _SQLITE_BEGIN = "hitl_sqlite_begin"
 
 
-class _QueuedWriterSession(AsyncSession):
-    """A writer's session on SQLite: it waits for the process's earlier writers, in the order
-    they asked, before it begins.
-
-    SQLite gives its write lock to whichever connection retries first: a writer that finds it
-    taken sleeps and tries again, backing off up to 100 ms, so one that asked first may lose to
-    every later one, again and again (under load, decisions waited seconds and some timed out;
-    issue 19). The worker's writers share one process, so they queue here instead, first come
-    first served, and find the lock free when their turn comes; writers of other processes
-    (the API's) still meet SQLite's own retries.
-    """
-
-    def __init__(self, *args: Any, writers: _WriterQueue, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._writers = writers
-        self._queued: asyncio.Lock | None = None
-
-    async def _take_turn(self) -> None:
-        if self._queued is None:
-            self._queued = await self._writers.take()
-
-    def _end_turn(self) -> None:
-        lock, self._queued = self._queued, None
-        if lock is not None:
-            self._writers.give_back(lock)
-
-    async def __aenter__(self) -> _QueuedWriterSession:
-        await self._take_turn()
-        return self
-
-    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        try:
-            await super().__aexit__(type_, value, traceback)
-        finally:
-            self._end_turn()
-
-    def _maker_context_manager(self) -> Any:
-        return _QueuedBegin(self)
-
-
-class _QueuedBegin:
-    """``sessions.begin()`` for a queued writer: its turn first, then SQLAlchemy's own."""
-
-    def __init__(self, session: _QueuedWriterSession) -> None:
-        self._session = session
-        self._inner: Any = None
-
-    async def __aenter__(self) -> _QueuedWriterSession:
-        await self._session._take_turn()
-        try:
-            self._inner = AsyncSession._maker_context_manager(self._session)
-            return await self._inner.__aenter__()  # type: ignore[no-any-return]
-        except BaseException:
-            self._session._end_turn()
-            raise
-
-    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        try:
-            await self._inner.__aexit__(type_, value, traceback)
-        finally:
-            self._session._end_turn()
-
-
-class _WriterQueue:
-    """One FIFO lock per event loop (``asyncio.Lock`` wakes its waiters in order)."""
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._holders: weakref.WeakKeyDictionary[asyncio.Lock, asyncio.Task[Any]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def take(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        task = asyncio.current_task()
-        if task is not None and self._holders.get(lock) is task:
-            # A writer inside a writer would wait for itself for ever (SQLite's own lock made
-            # it fail after the busy timeout): a bug, said at once.
-            raise RuntimeError("a writer's session opened inside another of the same task")
-        await lock.acquire()
-        if task is not None:
-            self._holders[lock] = task
-        return lock
-
-    def give_back(self, lock: asyncio.Lock) -> None:
-        self._holders.pop(lock, None)
-        lock.release()
-
-
 def session_factory(
     engine: AsyncEngine, *, writer: bool = False
 ) -> async_sessionmaker[AsyncSession]:
@@ -221,26 +125,17 @@ def session_factory(
 
     ``writer`` sessions (the worker's activities) read and then write in one transaction: on
     SQLite they begin IMMEDIATE, holding the write lock from their first read, so nothing commits
-    between what they read and what they write (PostgreSQL gets the same from row locks), and
-    they take that lock in the order they asked for it (``_QueuedWriterSession``). Read
+    between what they read and what they write (PostgreSQL gets the same from row locks). Read
     sessions begin DEFERRED: a request that reads and then waits on a workflow must not hold the
     lock the workflow's activities need.
     """
-    if not writer:
-        return async_sessionmaker(engine, expire_on_commit=False)
-    bind = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
-    if engine.dialect.name != "sqlite":
-        return async_sessionmaker(bind, expire_on_commit=False)
-    return async_sessionmaker(
-        bind, expire_on_commit=False, class_=_QueuedWriterSession, writers=_WriterQueue()
-    )
+    bind = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}) if writer else engine
+    return async_sessionmaker(bind, expire_on_commit=False)
 
 
 def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncSession:
-    """A session of ``sessions``' database for reading only: on SQLite it begins DEFERRED and
-    does not queue, even when ``sessions`` are writers, so that a long read (the reconciler's,
-    of every open row) never holds the write lock the decisions need, nor waits for it."""
+    """A session of ``sessions`` for reading only: on SQLite it begins DEFERRED even when
+    ``sessions`` are writers, so that a long read (the reconciler's, of every open row) never
+    holds the write lock the decisions need."""
     bind: AsyncEngine = sessions.kw["bind"]
-    return AsyncSession(
-        bind=bind.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False
-    )
+    return sessions(bind=bind.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from migrations.runner import upgrade_to_head
@@ -49,51 +48,3 @@ async def test_a_read_then_write_transaction_excludes_other_writers(tmp_path: Pa
     # Serialised: no update was lost (1 + 10), and the second writer waited for the first.
     assert order == ["first", "second"]
     assert version == 11
-
-
-async def test_one_process_writers_take_the_write_lock_in_the_order_they_asked(
-    tmp_path: Path,
-) -> None:
-    """SQLite makes a writer that finds the lock taken sleep and try again, backing off: one that
-    asked first may lose to every later one, again and again (decisions waited seconds under load,
-    issue 19). The worker's writers queue in the order they asked, in the process, instead."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
-    engine = create_engine(url)
-    sessions = session_factory(engine, writer=True)
-    holding = asyncio.Event()
-    order: list[int] = []
-
-    async def holder() -> None:
-        async with sessions.begin() as session:
-            await session.execute(text("UPDATE guardian_state SET version = version + 1"))
-            holding.set()
-            await asyncio.sleep(0.5)
-
-    async def writer(n: int) -> None:
-        await holding.wait()
-        await asyncio.sleep(0.02 * n)  # asks after the writers before it
-        async with sessions.begin() as session:
-            await session.execute(text("UPDATE guardian_state SET version = version + 1"))
-            order.append(n)
-
-    await asyncio.gather(holder(), *(writer(n) for n in range(8)))
-    await engine.dispose()
-    assert order == list(range(8))
-
-
-async def test_a_writer_inside_a_writer_of_the_same_task_fails_at_once(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'hitl.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
-    engine = create_engine(url)
-    sessions = session_factory(engine, writer=True)
-    try:
-        async with sessions.begin():
-            with pytest.raises(RuntimeError, match="inside another"):
-                async with sessions() as inner:
-                    await inner.execute(text("SELECT 1"))
-        # The queue is free again.
-        async with asyncio.timeout(5), sessions.begin() as session:
-            await session.execute(text("UPDATE guardian_state SET version = version + 1"))
-    finally:
-        await engine.dispose()
