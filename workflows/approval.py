@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
@@ -105,6 +107,15 @@ operators with the changes they tell, for the worker's dispatcher to send
 (``activities/notice_dispatch.py``), instead of sending each as an activity: two activity tasks
 and two workflow tasks fewer per approval (issue 19). Older histories replay with theirs."""
 
+APPROVAL_V8 = "approval-v8"
+"""Patch id: approvals started from this version on ask no other patch: every one above holds
+for them. Each patch asked adds a marker and an upsert of ``TemporalChangeVersion`` to history,
+five of each per approval before this, one now (issue 19). Such runs also keep one timer at a
+time, the next of reminder, escalation and deadline, where older ones keep the deadline's and the
+reminders' side by side: one timer started (and cancelled by a decision) instead of two. Older
+histories lack this marker and ask the others, as they did. A later change adds the next
+version's patch, asked first, that holds this one and every earlier one."""
+
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
 
@@ -152,6 +163,13 @@ class ApprovalWorkflow:
         """Whether this run applies the four-eyes rule (``FOUR_EYES``)."""
         self._outbox = False
         """Whether the store queues this run's notices (``NOTICE_OUTBOX``)."""
+        self._signed = False
+        """Whether this run was admitted by the worker (``SIGNED_COMMANDS``); set on admission."""
+        self._v8 = False
+        """Whether this run is of ``APPROVAL_V8`` (one marker, one timer at a time)."""
+        self._local = False
+        """Whether this run's short reads and writes are local activities (``LOCAL_ACTIVITIES``),
+        in runs that hold every patch; older runs ask the patch where they need it."""
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -191,9 +209,12 @@ class ApprovalWorkflow:
         elif not approval.is_decided:  # decided at once when the Guardian was locked
             if not self._outbox:
                 notified = asyncio.create_task(self._notify("notify_approval_requested", approval))
-            if self._visible:
-                reminders = asyncio.create_task(self._remind())
-            await self._await_decision_or_expiry()
+            if self._v8:
+                await self._await_decision_reminding()
+            else:
+                if self._visible:
+                    reminders = asyncio.create_task(self._remind())
+                await self._await_decision_or_expiry()
         if self._current.status is TradeStatus.ACCEPTED:
             await self._capture_snapshot()
             await workflow.wait_condition(lambda: self._current.status in TERMINAL_STATES)
@@ -208,16 +229,20 @@ class ApprovalWorkflow:
     async def _admit(self, data: ApprovalWorkflowInput) -> ApprovalPolicy:
         """The first thing an approval does: the worker checks the start is the gateway's and
         gives its policy. A refused start ends here, having written nothing and told nobody."""
-        signed = workflow.patched(SIGNED_COMMANDS)
-        # Asked here, before the admission's local activity, so that its marker comes first in
-        # new histories too: on replay a patch marker recorded after a local activity in the
-        # same workflow task is not seen in time (a nondeterminism error with no workflow cache).
-        workflow.patched(LOCAL_ACTIVITIES)
-        self._visible = workflow.patched(OPERATOR_VIEW)
-        # Asked here for the same reason: before any local activity of this run.
-        self._four_eyes = workflow.patched(FOUR_EYES)
-        self._outbox = workflow.patched(NOTICE_OUTBOX)
-        if signed:
+        # Every patch is asked here, before the admission's local activity, so that its marker
+        # comes first in new histories too: on replay a patch marker recorded after a local
+        # activity in the same workflow task is not seen in time (a nondeterminism error with no
+        # workflow cache).
+        if workflow.patched(APPROVAL_V8):
+            self._v8 = self._signed = self._local = True
+            self._visible = self._four_eyes = self._outbox = True
+        else:
+            self._signed = workflow.patched(SIGNED_COMMANDS)
+            workflow.patched(LOCAL_ACTIVITIES)
+            self._visible = workflow.patched(OPERATOR_VIEW)
+            self._four_eyes = workflow.patched(FOUR_EYES)
+            self._outbox = workflow.patched(NOTICE_OUTBOX)
+        if self._signed:
             admission = await workflow.execute_local_activity_method(
                 PolicyActivities.admit_approval,
                 AdmitApprovalInput(workflow_id=workflow.info().workflow_id, start=data),
@@ -314,7 +339,7 @@ class ApprovalWorkflow:
         come at once (expiries, a Guardian cascade): a local activity holds its workflow task
         open, so a hundred timers firing together would queue behind each other's writes.
         """
-        if local and workflow.patched(LOCAL_ACTIVITIES):
+        if local and (self._local or workflow.patched(LOCAL_ACTIVITIES)):
             return await workflow.execute_local_activity_method(
                 activity,
                 argument,
@@ -344,27 +369,77 @@ class ApprovalWorkflow:
             if self._guardian is not None:
                 await self._adopt_guardian_rejection(self._guardian)
                 return
-            # A decision already under way when the deadline passes is allowed to finish;
-            # the lock makes its outcome and the expiry mutually exclusive.
-            async with self._lock:
-                if not self._current.is_decided and workflow.now() >= expires_at:
-                    await self._record(
-                        status=TradeStatus.REJECTED,
-                        reason=DecisionReason.HITL_TIMEOUT,
-                        by=SYSTEM_ACTOR,
-                        channel=DecisionChannel.SYSTEM,
-                        at=workflow.now(),
-                        event_type="hitl.expired",
-                        local=False,
-                        notice=NoticeKind.APPROVAL_EXPIRED,
+            await self._expire()
+
+    async def _expire(self) -> None:
+        """Reject the approval at its deadline, unless decided meanwhile. A decision already
+        under way when the deadline passes is allowed to finish; the lock makes its outcome
+        and the expiry mutually exclusive."""
+        async with self._lock:
+            if not self._current.is_decided and workflow.now() >= self._current.expires_at:
+                await self._record(
+                    status=TradeStatus.REJECTED,
+                    reason=DecisionReason.HITL_TIMEOUT,
+                    by=SYSTEM_ACTOR,
+                    channel=DecisionChannel.SYSTEM,
+                    at=workflow.now(),
+                    event_type="hitl.expired",
+                    local=False,
+                    notice=NoticeKind.APPROVAL_EXPIRED,
+                )
+                # (A Guardian lock may have rejected it first; that is no expiry.)
+                if (
+                    not self._outbox
+                    and self._current.decision_reason is DecisionReason.HITL_TIMEOUT
+                ):
+                    await self._after_progress()
+                    await self._notify("notify_approval_expired", self._current)
+
+    async def _await_decision_reminding(self) -> None:
+        """Wait for a decision, reminding then escalating at the policy's points of the window,
+        until the deadline: one durable timer at a time, the next of the three (``APPROVAL_V8``).
+        A reminder is sent beside the wait, never holding the next timer back."""
+        approval = self._current
+        steps = deque(self._reminder_steps(approval))
+        while not self._current.is_decided:
+            if steps:
+                due, percent, kind = steps[0]
+                summary = f"{kind.value} at {percent} % of the window"
+            else:
+                due, summary = approval.expires_at, "deadline"
+            delay = due - workflow.now()
+            if delay > timedelta(0):
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: self._current.is_decided or self._guardian is not None,
+                        timeout=delay,
+                        timeout_summary=summary,
                     )
-                    # (A Guardian lock may have rejected it first; that is no expiry.)
-                    if (
-                        not self._outbox
-                        and self._current.decision_reason is DecisionReason.HITL_TIMEOUT
-                    ):
-                        await self._after_progress()
-                        await self._notify("notify_approval_expired", self._current)
+            if self._guardian is not None:
+                await self._adopt_guardian_rejection(self._guardian)
+                return
+            if self._current.is_decided:
+                return
+            if steps:
+                steps.popleft()
+                self._notices.append(asyncio.create_task(self._send_reminder(kind, percent, due)))
+                continue
+            await self._expire()
+
+    def _reminder_steps(
+        self, approval: ApprovalRequest
+    ) -> list[tuple[datetime, Decimal, ReminderKind]]:
+        """When the policy reminds and escalates (none at 0 %), in order."""
+        policy = self._policy_now
+        window = approval.expires_at - approval.requested_at
+        return sorted(
+            (approval.requested_at + window * (float(percent) / 100), percent, kind)
+            for kind, percent in (
+                (ReminderKind.REMINDER, policy.remind_at_percent),
+                (ReminderKind.ESCALATION, policy.escalate_at_percent),
+            )
+            if percent > 0
+        )
 
     async def _remind(self) -> None:
         """Remind the operators, then escalate, at the policy's points of the window: once
@@ -397,31 +472,34 @@ class ApprovalWorkflow:
                     )
             if settled():
                 return
-            try:
-                await workflow.execute_activity(
-                    "notify_approval_reminder",
-                    ReminderInput(
-                        approval=self._current, kind=kind, at_percent=percent, due_at=due
-                    ),
-                    start_to_close_timeout=NOTIFY_TIMEOUT,
-                    # Pointless once the deadline has passed: the expiry notice follows.
-                    schedule_to_close_timeout=max(
-                        approval.expires_at - workflow.now(), timedelta(seconds=1)
-                    ),
-                    retry_policy=NOTIFY_RETRY,
-                    summary=f"{kind.value} to the operators",
-                )
-            except ActivityError as exc:
-                workflow.logger.warning("%s failed: %s", kind.value, exc.cause)
-            self._reminded.append(kind)
-            self._publish()
+            await self._send_reminder(kind, percent, due)
+
+    async def _send_reminder(self, kind: ReminderKind, percent: Decimal, due: datetime) -> None:
+        """Remind (or escalate to) the operators, once; a failure is logged, not raised."""
+        try:
+            await workflow.execute_activity(
+                "notify_approval_reminder",
+                ReminderInput(approval=self._current, kind=kind, at_percent=percent, due_at=due),
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                # Pointless once the deadline has passed: the expiry notice follows.
+                schedule_to_close_timeout=max(
+                    self._current.expires_at - workflow.now(), timedelta(seconds=1)
+                ),
+                retry_policy=NOTIFY_RETRY,
+                summary=f"{kind.value} to the operators",
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("%s failed: %s", kind.value, exc.cause)
+        self._reminded.append(kind)
+        self._publish()
 
     @workflow.signal
     def guardian_locked(self, notice: GuardianLockNotice) -> None:
         """The notice as a signal, from before notices were signed: kept for replaying those
         histories only. A signal is in history before anything can check it, so in a new run
         it is ignored (the signed ``adopt_guardian_lock`` Update replaces it)."""
-        if workflow.patched(SIGNED_COMMANDS):
+        # (A signal in a run's first task comes before its admission: the patch is asked then.)
+        if self._signed or workflow.patched(SIGNED_COMMANDS):
             workflow.logger.warning("unsigned guardian_locked signal ignored")
             return
         self._guardian = notice

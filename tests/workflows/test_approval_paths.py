@@ -233,3 +233,28 @@ async def test_operators_are_told_of_a_decision_made_outside_discord(gateway: Ga
     assert sorted(str(a.trade_id) for a in gateway.notifier.decided) == sorted(
         [str(api_trade), str(race_trade)]
     )
+
+
+async def test_an_approval_asks_one_patch_and_keeps_one_timer_at_a_time(gateway: Gateway) -> None:
+    """What an approval writes to history is what the dev server stores and the worker reads back
+    (issue 19): a new run asks one patch (``APPROVAL_V8``: one marker, one upsert of
+    ``TemporalChangeVersion``, where it asked five), and waits on one timer at a time — the
+    reminder's, before a decision — where it kept the deadline's beside it."""
+    gateway.policy = gateway.policy.model_copy(
+        update={"remind_at_percent": Decimal(50), "escalate_at_percent": Decimal(80)}
+    )
+    trade_id, _ = await requested(gateway)
+    handle = gateway.client.approval(trade_id)
+    await handle.approve(command())
+    history = await gateway.env.client.get_workflow_handle(handle.workflow_id).fetch_history()
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert markers.count("core_patch") == 1
+    started = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    cancelled = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_CANCELED]
+    assert (len(started), len(cancelled)) == (1, 1)
+    (summary,) = await gateway.env.client.data_converter.decode([started[0].user_metadata.summary])
+    assert summary == "reminder at 50 % of the window"

@@ -61,6 +61,21 @@ def test_every_path_has_a_history() -> None:
             "four-eyes-expire",
         )
     }
+    # v8: one patch marker for every earlier patch, one timer at a time (issue 19)
+    assert stems >= {
+        f"{path}-v8"
+        for path in (
+            "approve",
+            "reject",
+            "slippage",
+            "expire",
+            "guardian",
+            "guardian-workflow",
+            "four-eyes-accept",
+            "four-eyes-reject",
+            "four-eyes-expire",
+        )
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
