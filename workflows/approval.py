@@ -108,13 +108,15 @@ operators with the changes they tell, for the worker's dispatcher to send
 and two workflow tasks fewer per approval (issue 19). Older histories replay with theirs."""
 
 APPROVAL_V8 = "approval-v8"
-"""Patch id: approvals started from this version on ask no other patch: every one above holds
-for them. Each patch asked adds a marker and an upsert of ``TemporalChangeVersion`` to history,
-five of each per approval before this, one now (issue 19). Such runs also keep one timer at a
-time, the next of reminder, escalation and deadline, where older ones keep the deadline's and the
-reminders' side by side: one timer started (and cancelled by a decision) instead of two. Older
-histories lack this marker and ask the others, as they did. A later change adds the next
-version's patch, asked first, that holds this one and every earlier one."""
+"""Patch id: approvals started from this version on ask no other patch (but for an unsigned
+``guardian_locked`` signal in a run's first task, which asks ``SIGNED_COMMANDS`` to be ignored):
+every one above holds for them. Each patch asked adds a marker and an upsert of
+``TemporalChangeVersion`` to history, five of each per approval before this, one now (issue 19).
+Such runs also keep one timer at a time, the next of reminder, escalation and deadline, where
+older ones keep the deadline's and the reminders' side by side: one timer started (and cancelled
+by a decision) instead of two. Older histories lack this marker and ask the others, as they did.
+A later change adds the next version's patch, asked first, that holds this one and every
+earlier one."""
 
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
@@ -401,6 +403,7 @@ class ApprovalWorkflow:
         A reminder is sent beside the wait, never holding the next timer back."""
         approval = self._current
         steps = deque(self._reminder_steps(approval))
+        reminded: asyncio.Task[None] | None = None
         while not self._current.is_decided:
             if steps:
                 due, percent, kind = steps[0]
@@ -422,9 +425,26 @@ class ApprovalWorkflow:
                 return
             if steps:
                 steps.popleft()
-                self._notices.append(asyncio.create_task(self._send_reminder(kind, percent, due)))
+                reminded = asyncio.create_task(self._remind_after(reminded, kind, percent, due))
+                self._notices.append(reminded)
                 continue
             await self._expire()
+
+    async def _remind_after(
+        self,
+        earlier: asyncio.Task[None] | None,
+        kind: ReminderKind,
+        percent: Decimal,
+        due: datetime,
+    ) -> None:
+        """Send a reminder once the one before it has gone (operators are reminded before
+        they are escalated to, as when one task sent both), and not once the approval is
+        decided or the Guardian locked meanwhile."""
+        if earlier is not None:
+            await earlier
+        if self._current.is_decided or self._guardian is not None:
+            return
+        await self._send_reminder(kind, percent, due)
 
     def _reminder_steps(
         self, approval: ApprovalRequest

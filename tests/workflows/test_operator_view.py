@@ -356,6 +356,41 @@ async def test_no_reminder_after_a_decision(reminding: Gateway) -> None:
     ]
 
 
+async def test_a_reminder_that_keeps_failing_holds_the_escalation_behind_it(
+    reminding: Gateway,
+) -> None:
+    """Operators are reminded before they are escalated to: while the reminder's send is being
+    retried (the notifier down), the escalation's point passes and its send waits for the
+    reminder's; then both go, in order. (A run of ``APPROVAL_V8`` waits on the escalation's
+    timer while the reminder is retried, where older runs sent both from one task.)"""
+    gw = reminding
+    recorded = gw.notifier.approval_reminder
+    down = True
+
+    async def flaky(approval: ApprovalRequest, kind: ReminderKind) -> None:
+        if down and kind is ReminderKind.REMINDER:
+            raise ConnectionError("notifier down")
+        await recorded(approval, kind)
+
+    gw.notifier.approval_reminder = flaky  # type: ignore[method-assign]
+    handle = await gw.client.request_approval(make_proposal(gw.market), requested_by="bot-1")
+    await handle.recorded()
+    wf = gw.env.client.get_workflow_handle(handle.workflow_id, result_type=ApprovalRequest)
+    await gw.env.sleep(160)  # past 50 %: the reminder fails and is retried
+    await gw.env.sleep(90)  # past 80 %: the escalation is due
+    await asyncio.sleep(0.5)
+    assert kinds(gw.notifier) == []
+    down = False
+    await gw.env.sleep(40)  # the reminder's next retry goes through, then the escalation
+    await wait_until(lambda: len(gw.notifier.reminders) == 2)
+    assert kinds(gw.notifier) == [ReminderKind.REMINDER, ReminderKind.ESCALATION]
+    assert "Operators reminded, then escalated" in await current_details(wf)
+    # Ended before the worker stops (an activity left behind keeps the shared test server
+    # from skipping time for the tests after this one).
+    await gw.env.sleep(60)
+    assert (await wf.result()).status is TradeStatus.REJECTED
+
+
 async def test_guardian_rejection_shows_and_stops_reminders(reminding: Gateway) -> None:
     gw = reminding
     handle = await gw.client.request_approval(make_proposal(gw.market), requested_by="bot-1")
