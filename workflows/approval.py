@@ -165,13 +165,9 @@ class ApprovalWorkflow:
         """Whether this run applies the four-eyes rule (``FOUR_EYES``)."""
         self._outbox = False
         """Whether the store queues this run's notices (``NOTICE_OUTBOX``)."""
-        self._signed = False
-        """Whether this run was admitted by the worker (``SIGNED_COMMANDS``); set on admission."""
         self._v8 = False
-        """Whether this run is of ``APPROVAL_V8`` (one marker, one timer at a time)."""
-        self._local = False
-        """Whether this run's short reads and writes are local activities (``LOCAL_ACTIVITIES``),
-        in runs that hold every patch; older runs ask the patch where they need it."""
+        """Whether this run is of ``APPROVAL_V8``: every earlier patch holds, one timer at a time.
+        Older runs ask the earlier patches where they need them."""
 
     @workflow.run
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
@@ -236,15 +232,14 @@ class ApprovalWorkflow:
         # activity in the same workflow task is not seen in time (a nondeterminism error with no
         # workflow cache).
         if workflow.patched(APPROVAL_V8):
-            self._v8 = self._signed = self._local = True
-            self._visible = self._four_eyes = self._outbox = True
+            self._v8 = signed = self._visible = self._four_eyes = self._outbox = True
         else:
-            self._signed = workflow.patched(SIGNED_COMMANDS)
+            signed = workflow.patched(SIGNED_COMMANDS)
             workflow.patched(LOCAL_ACTIVITIES)
             self._visible = workflow.patched(OPERATOR_VIEW)
             self._four_eyes = workflow.patched(FOUR_EYES)
             self._outbox = workflow.patched(NOTICE_OUTBOX)
-        if self._signed:
+        if signed:
             admission = await workflow.execute_local_activity_method(
                 PolicyActivities.admit_approval,
                 AdmitApprovalInput(workflow_id=workflow.info().workflow_id, start=data),
@@ -341,7 +336,7 @@ class ApprovalWorkflow:
         come at once (expiries, a Guardian cascade): a local activity holds its workflow task
         open, so a hundred timers firing together would queue behind each other's writes.
         """
-        if local and (self._local or workflow.patched(LOCAL_ACTIVITIES)):
+        if local and (self._v8 or workflow.patched(LOCAL_ACTIVITIES)):
             return await workflow.execute_local_activity_method(
                 activity,
                 argument,
@@ -465,23 +460,11 @@ class ApprovalWorkflow:
         """Remind the operators, then escalate, at the policy's points of the window: once
         each, on durable timers, and not at all once the approval is decided (or the Guardian
         locked)."""
-        approval = self._current
-        policy = self._policy_now
-        window = approval.expires_at - approval.requested_at
-        steps = sorted(
-            (percent, kind)
-            for kind, percent in (
-                (ReminderKind.REMINDER, policy.remind_at_percent),
-                (ReminderKind.ESCALATION, policy.escalate_at_percent),
-            )
-            if percent > 0
-        )
 
         def settled() -> bool:
             return self._current.is_decided or self._guardian is not None
 
-        for percent, kind in steps:
-            due = approval.requested_at + window * (float(percent) / 100)
+        for due, percent, kind in self._reminder_steps(self._current):
             delay = due - workflow.now()
             if delay > timedelta(0):
                 with contextlib.suppress(TimeoutError):
@@ -519,7 +502,7 @@ class ApprovalWorkflow:
         histories only. A signal is in history before anything can check it, so in a new run
         it is ignored (the signed ``adopt_guardian_lock`` Update replaces it)."""
         # (A signal in a run's first task comes before its admission: the patch is asked then.)
-        if self._signed or workflow.patched(SIGNED_COMMANDS):
+        if self._v8 or workflow.patched(SIGNED_COMMANDS):
             workflow.logger.warning("unsigned guardian_locked signal ignored")
             return
         self._guardian = notice
