@@ -21,6 +21,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from activities.approval_steps import ApprovalStepActivities
 from activities.audit import AuditActivities
 from activities.discord_notifier import notifier_from_settings
 from activities.guardian import GuardianActivities
@@ -64,7 +65,9 @@ def activities_for(
     persistence = PersistenceActivities(sessions)
     notifications = NotificationActivities(notifier, sessions)
     market = MarketDataActivities(provider)
-    policy = PolicyActivities(trust or WorkerTrust.from_settings(get_settings()))
+    trust = trust or WorkerTrust.from_settings(get_settings())
+    policy = PolicyActivities(trust)
+    steps = ApprovalStepActivities(trust, persistence, provider)
     signer = signer or CommandSigner.from_keys_dir(get_settings().keys_dir)
     guardian = GuardianActivities(sessions, client, signer, notifier)
     reconcile = ReconcileActivities(sessions, client)
@@ -87,6 +90,8 @@ def activities_for(
         market.fetch_quote,
         reconcile.reconcile,
         policy.admit_approval,
+        steps.admit_and_record,
+        steps.record_acceptance,
     ]
 
 

@@ -25,7 +25,12 @@ from temporalio import activity
 from hitl import metrics
 from hitl.errors import ErrorCode
 from hitl.keys import KeyPurpose, Keyring, KeyringFile
-from hitl.messages import AdmitApprovalInput, ApprovalAdmission, ApprovalPolicy
+from hitl.messages import (
+    AdmitApprovalInput,
+    ApprovalAdmission,
+    ApprovalPolicy,
+    ApprovalWorkflowInput,
+)
 from hitl.settings import Settings
 from hitl.signing import CommandAction, CommandProof, Refusal, SeenProofs, verify_command
 
@@ -72,16 +77,18 @@ class WorkerTrust:
         payload: BaseModel,
         claimed_by: str,
         seen: SeenProofs | None = None,
+        at: datetime | None = None,
     ) -> ErrorCode | None:
         """None when the command is the gateway's (and new to ``seen``); else the SEC code that
-        refuses it, counted and logged."""
+        refuses it, counted and logged. Its proof's window is checked at ``at`` (default: the
+        worker's clock now)."""
         reason = verify_command(
             self._keyring(),
             proof,
             workflow_id=workflow_id,
             action=action,
             payload=payload,
-            now=self._clock(),
+            now=at or self._clock(),
         )
         if reason is None and seen is not None and proof in seen:
             reason = Refusal.REPLAYED
@@ -100,6 +107,33 @@ class WorkerTrust:
             key_id=proof.key_id if proof is not None else None,
         )
         return reason.error
+
+    def admit(
+        self, start: ApprovalWorkflowInput, *, workflow_id: str, at: datetime | None = None
+    ) -> ApprovalAdmission:
+        """Whether ``start`` is the gateway's (its proof's window checked at ``at``, default
+        now), and the policy it runs under: this worker's, whatever the input carried."""
+        refused = self.refusal(
+            start.proof,
+            workflow_id=workflow_id,
+            action=CommandAction.START,
+            payload=start,
+            claimed_by=start.requested_by,
+            at=at,
+        )
+        if refused is not None:
+            return ApprovalAdmission(error_code=refused.code)
+        policy = self.policy()
+        if not policy.enabled:
+            log.warning(
+                "HITL disabled by the worker's configuration",
+                correlation_id=start.proposal.correlation_id,
+                actor="worker",
+                action="approval.admitted",
+                result="HITL_DISABLED",
+                trade_id=str(start.proposal.trade_id),
+            )
+        return ApprovalAdmission(policy=policy)
 
 
 _TRUST: dict[str, WorkerTrust] = {}
@@ -126,24 +160,4 @@ class PolicyActivities:
         """Whether the start is the gateway's (checked when the workflow first runs: a start
         that waited past its proof's window is refused), and the policy it runs under: this
         worker's, whatever the input carried."""
-        start = request.start
-        refused = self._trust.refusal(
-            start.proof,
-            workflow_id=request.workflow_id,
-            action=CommandAction.START,
-            payload=start,
-            claimed_by=start.requested_by,
-        )
-        if refused is not None:
-            return ApprovalAdmission(error_code=refused.code)
-        policy = self._trust.policy()
-        if not policy.enabled:
-            log.warning(
-                "HITL disabled by the worker's configuration",
-                correlation_id=start.proposal.correlation_id,
-                actor="worker",
-                action="approval.admitted",
-                result="HITL_DISABLED",
-                trade_id=str(start.proposal.trade_id),
-            )
-        return ApprovalAdmission(policy=policy)
+        return self._trust.admit(request.start, workflow_id=request.workflow_id)

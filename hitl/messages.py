@@ -79,10 +79,22 @@ class AdmitApprovalInput(_Message):
 
 
 class ApprovalAdmission(_Message):
-    """The worker's answer: a refusal's SEC code, or the policy the approval runs under."""
+    """The worker's answer: a refusal's SEC code, or the policy the approval runs under (and,
+    from ``approval-v9`` on, the request as stored under it)."""
 
     error_code: str | None = None
     policy: ApprovalPolicy | None = None
+    approval: ApprovalRequest | None = None
+
+
+class AdmitAndRecordInput(_Message):
+    """Admit a start and, if it is the gateway's, store its request (``approval-v9``: one local
+    activity where there were two)."""
+
+    workflow_id: str
+    start: ApprovalWorkflowInput
+    requested_at: UtcDatetime
+    """The workflow's time when it first ran: the request's time and its deadline's origin."""
 
 
 def workflow_id_for(trade_id: UUID) -> str:
@@ -217,6 +229,14 @@ class PostTradeSnapshot(_Message):
     price_deviation_pct: Decimal
     correlation_id: str
     created_at: UtcDatetime
+
+
+class AcceptanceRecorded(DecisionRecorded):
+    """An acceptance as stored, with its post-trade snapshot (``approval-v9``: the decision and
+    the snapshot in one local activity). ``snapshot`` is None when the outcome stored is not an
+    acceptance, or when no quote came for the snapshot."""
+
+    snapshot: PostTradeSnapshot | None = None
 
 
 class NotifyInput(_Message):

@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.approval_steps import ApprovalStepActivities
     from activities.market_quotes import MarketDataActivities
     from activities.notifications import NotificationActivities
     from activities.persistence import PersistenceActivities
@@ -36,10 +37,13 @@ with workflow.unsafe.imports_passed_through():
     from hitl.market import MarketQuote
     from hitl.messages import (
         SYSTEM_ACTOR,
+        AcceptanceRecorded,
+        AdmitAndRecordInput,
         AdmitApprovalInput,
         ApprovalPolicy,
         ApprovalWorkflowInput,
         DecisionCommand,
+        DecisionRecorded,
         FetchQuoteInput,
         GuardianLockNotice,
         LifecycleCommand,
@@ -118,6 +122,14 @@ by a decision) instead of two. Older histories lack this marker and ask the othe
 A later change adds the next version's patch, asked first, that holds this one and every
 earlier one."""
 
+APPROVAL_V9 = "approval-v9"
+"""Patch id: approvals started from this version on hold ``APPROVAL_V8`` and every patch before
+it, and take three local activities from request to a recorded acceptance where there were six
+(issue 19): the admission with the request's write (``admit_and_record``), the decision's quote,
+and the acceptance's write with its post-trade snapshot (``record_acceptance``). Older histories
+lack this marker and run their steps one by one, as they did. The next change adds
+``approval-v10``, asked first, holding this one."""
+
 ArgT = TypeVar("ArgT")
 RetT = TypeVar("RetT")
 
@@ -165,6 +177,8 @@ class ApprovalWorkflow:
         """Whether this run applies the four-eyes rule (``FOUR_EYES``)."""
         self._outbox = False
         """Whether the store queues this run's notices (``NOTICE_OUTBOX``)."""
+        self._v9 = False
+        """Whether this run joins its steps (``APPROVAL_V9``)."""
         self._v8 = False
         """Whether this run is of ``APPROVAL_V8``: every earlier patch holds, one timer at a time.
         Older runs ask the earlier patches where they need them."""
@@ -173,21 +187,7 @@ class ApprovalWorkflow:
     async def run(self, data: ApprovalWorkflowInput) -> ApprovalRequest:
         """Record the request, wait for a decision or the deadline, then follow the trade."""
         policy = await self._admit(data)
-        now = workflow.now()
-        draft = ApprovalRequest.from_proposal(
-            data.proposal,
-            requested_at=now,
-            expires_at=now + timedelta(seconds=policy.timeout_seconds),
-        )
-        approval = await self._short(
-            PersistenceActivities.record_request,
-            RecordRequestInput(
-                approval=draft,
-                requested_by=data.requested_by,
-                notify=self._outbox and policy.enabled,
-            ),
-            summary="record the request",
-        )
+        approval = self._approval or await self._record_request(data, policy)
         self._approval = approval
         self._publish()
         notified: asyncio.Task[None] | None = None
@@ -214,7 +214,8 @@ class ApprovalWorkflow:
                     reminders = asyncio.create_task(self._remind())
                 await self._await_decision_or_expiry()
         if self._current.status is TradeStatus.ACCEPTED:
-            await self._capture_snapshot()
+            if not self._v9:  # v9 runs stored the snapshot with the acceptance
+                await self._capture_snapshot()
             await workflow.wait_condition(lambda: self._current.status in TERMINAL_STATES)
         if notified is not None:
             await notified
@@ -231,6 +232,9 @@ class ApprovalWorkflow:
         # comes first in new histories too: on replay a patch marker recorded after a local
         # activity in the same workflow task is not seen in time (a nondeterminism error with no
         # workflow cache).
+        if workflow.patched(APPROVAL_V9):
+            self._v9 = self._v8 = self._visible = self._four_eyes = self._outbox = True
+            return await self._admit_and_record(data)
         if workflow.patched(APPROVAL_V8):
             self._v8 = signed = self._visible = self._four_eyes = self._outbox = True
         else:
@@ -257,6 +261,49 @@ class ApprovalWorkflow:
             assert data.policy is not None, "histories from before the worker's policy carry one"
             self._policy = data.policy
         return self._policy
+
+    async def _admit_and_record(self, data: ApprovalWorkflowInput) -> ApprovalPolicy:
+        """``_admit`` and the request's write in one local activity (``APPROVAL_V9``); the
+        request is stored as of this first run's time, which its proof is checked at too."""
+        admission = await workflow.execute_local_activity_method(
+            ApprovalStepActivities.admit_and_record,
+            AdmitAndRecordInput(
+                workflow_id=workflow.info().workflow_id, start=data, requested_at=workflow.now()
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary="admit and record the request",
+        )
+        if admission.error_code is not None:
+            _fail(
+                ErrorCode.from_code(admission.error_code),
+                "the start was not the gateway's; nothing was recorded",
+            )
+        assert admission.policy is not None, "an admitted start has the worker's policy"
+        assert admission.approval is not None, "an admitted start is recorded"
+        self._policy = admission.policy
+        self._approval = admission.approval
+        return admission.policy
+
+    async def _record_request(
+        self, data: ApprovalWorkflowInput, policy: ApprovalPolicy
+    ) -> ApprovalRequest:
+        """Store the request (runs from before ``APPROVAL_V9``, after their admission)."""
+        now = workflow.now()
+        draft = ApprovalRequest.from_proposal(
+            data.proposal,
+            requested_at=now,
+            expires_at=now + timedelta(seconds=policy.timeout_seconds),
+        )
+        return await self._short(
+            PersistenceActivities.record_request,
+            RecordRequestInput(
+                approval=draft,
+                requested_by=data.requested_by,
+                notify=self._outbox and policy.enabled,
+            ),
+            summary="record the request",
+        )
 
     @property
     def _policy_now(self) -> ApprovalPolicy:
@@ -800,20 +847,29 @@ class ApprovalWorkflow:
         if approvers is not None:
             changes["approvers"] = approvers
         decided = expected.model_copy(update=changes)
-        result = await self._short(
-            PersistenceActivities.record_decision,
-            RecordDecisionInput(
-                expected=expected,
-                decided=decided,
-                event_type=event_type,
-                audit_payload=audit_payload or {},
-                error_code=error_code,
-                notice=notice if self._outbox else None,
-                channel=channel,
-            ),
-            local=local,
-            summary=f"record {status.value} ({reason.value})",
+        record = RecordDecisionInput(
+            expected=expected,
+            decided=decided,
+            event_type=event_type,
+            audit_payload=audit_payload or {},
+            error_code=error_code,
+            notice=notice if self._outbox else None,
+            channel=channel,
         )
+        summary = f"record {status.value} ({reason.value})"
+        result: DecisionRecorded
+        if self._v9 and status is TradeStatus.ACCEPTED:
+            accepted: AcceptanceRecorded = await self._short(
+                ApprovalStepActivities.record_acceptance,
+                record,
+                summary=f"{summary} and the post-trade snapshot",
+            )
+            self._snapshot = accepted.snapshot
+            result = accepted
+        else:
+            result = await self._short(
+                PersistenceActivities.record_decision, record, local=local, summary=summary
+            )
         self._approval = result.approval
         self._publish()
         update = workflow.current_update_info()

@@ -17,6 +17,7 @@ from hitl.messages import DecisionCommand, LifecycleCommand
 from hitl.models import ApprovalRequest, DecisionChannel, DecisionReason, TradeStatus
 from store.tables import ApprovalRow, AuditRow, EventRow, PostTradeSnapshotRow, approval_from_row
 from tests.temporal_fixtures import Gateway, make_proposal, wait_until
+from workflows.approval import ApprovalWorkflow
 
 
 def command(
@@ -235,11 +236,15 @@ async def test_operators_are_told_of_a_decision_made_outside_discord(gateway: Ga
     )
 
 
-async def test_an_approval_asks_one_patch_and_keeps_one_timer_at_a_time(gateway: Gateway) -> None:
+async def test_an_approval_asks_one_patch_three_local_activities_and_one_timer(
+    gateway: Gateway,
+) -> None:
     """What an approval writes to history is what the dev server stores and the worker reads back
-    (issue 19): a new run asks one patch (``APPROVAL_V8``: one marker, one upsert of
-    ``TemporalChangeVersion``, where it asked five), and waits on one timer at a time — the
-    reminder's, before a decision — where it kept the deadline's beside it."""
+    (issue 19): a new run asks one patch (``APPROVAL_V8``, then ``APPROVAL_V9``: one marker, one
+    upsert of ``TemporalChangeVersion``, where it asked five), runs three local activities from
+    request to acceptance (admission with the request's write, the decision's quote, the
+    acceptance's write with its snapshot; six before ``APPROVAL_V9``), and waits on one timer at
+    a time — the reminder's, before a decision — where it kept the deadline's beside it."""
     gateway.policy = gateway.policy.model_copy(
         update={"remind_at_percent": Decimal(50), "escalate_at_percent": Decimal(80)}
     )
@@ -253,6 +258,10 @@ async def test_an_approval_asks_one_patch_and_keeps_one_timer_at_a_time(gateway:
         if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
     ]
     assert markers.count("core_patch") == 1
+    assert markers.count("core_local_activity") == 3
+    raw = gateway.env.client.get_workflow_handle(handle.workflow_id)
+    snapshot = await raw.query(ApprovalWorkflow.snapshot)
+    assert snapshot is not None and snapshot.trade_id == trade_id
     started = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
     cancelled = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_CANCELED]
     assert (len(started), len(cancelled)) == (1, 1)

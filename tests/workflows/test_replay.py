@@ -23,6 +23,18 @@ from workflows.connection import gateway_data_converter
 from workflows.guardian import GuardianWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+EVERY_PATH = (
+    "approve",
+    "reject",
+    "slippage",
+    "expire",
+    "guardian",
+    "guardian-workflow",
+    "four-eyes-accept",
+    "four-eyes-reject",
+    "four-eyes-expire",
+)
+"""Every path a history is recorded for, from v7 on."""
 
 
 def test_every_path_has_a_history() -> None:
@@ -47,35 +59,11 @@ def test_every_path_has_a_history() -> None:
     # v6: four eyes (issue 17)
     assert stems >= {f"four-eyes-{path}-v6" for path in ("accept", "reject", "expire")}
     # v7: notices queued by the store with their changes, not sent by activities (issue 19)
-    assert stems >= {
-        f"{path}-v7"
-        for path in (
-            "approve",
-            "reject",
-            "slippage",
-            "expire",
-            "guardian",
-            "guardian-workflow",
-            "four-eyes-accept",
-            "four-eyes-reject",
-            "four-eyes-expire",
-        )
-    }
+    assert stems >= {f"{path}-v7" for path in EVERY_PATH}
     # v8: one patch marker for every earlier patch, one timer at a time (issue 19)
-    assert stems >= {
-        f"{path}-v8"
-        for path in (
-            "approve",
-            "reject",
-            "slippage",
-            "expire",
-            "guardian",
-            "guardian-workflow",
-            "four-eyes-accept",
-            "four-eyes-reject",
-            "four-eyes-expire",
-        )
-    }
+    assert stems >= {f"{path}-v8" for path in EVERY_PATH}
+    # v9: admission with the request's write, an acceptance with its snapshot (issue 19)
+    assert stems >= {f"{path}-v9" for path in EVERY_PATH}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
