@@ -209,7 +209,7 @@ async def test_summary_and_details_are_shown_and_encrypted_while_attributes_stay
             (text,) = await client.data_converter.decode([event.user_metadata.summary])
             summaries.append(text)
     assert "deadline" in summaries  # the deadline timer
-    assert "record the request" in summaries
+    assert "admit and record the request" in summaries
     assert "record REJECTED (OPERATOR_REJECTED)" in summaries
     # No notification activity: the request's notice is queued with it (issue 19).
     assert "approval requested" not in summaries
