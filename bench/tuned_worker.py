@@ -20,6 +20,7 @@ import signal
 from datetime import timedelta
 from typing import Any
 
+import uvloop
 from prometheus_client import REGISTRY, start_http_server
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -89,4 +90,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # as the shipped worker runs
